@@ -1,0 +1,146 @@
+//! The JSON wire encoding shared by every event type, and its typed decode errors.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::dead_letter::DeadLetterReason;
+use crate::{
+    DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision, SCHEMA_VERSION,
+};
+
+/// An event that travels over the log as JSON.
+pub trait Event: Serialize + DeserializeOwned + JsonSchema + Sized {
+    /// Short name used in errors and schema file names, for example `interaction`.
+    const NAME: &'static str;
+
+    /// The `schema_version` this value carries.
+    fn schema_version(&self) -> u16;
+
+    /// Invariants beyond what the types express (UUIDv7 ids, hex digests, sums).
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// Why bytes read from a topic are not a usable event. Every variant names the event
+/// type and the problem, so a dead-letter entry or a log line is enough to act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{event}: payload is not a JSON document: {message}")]
+    NotJson { event: &'static str, message: String },
+    #[error("{event}: payload is JSON but not an object")]
+    NotAnObject { event: &'static str },
+    #[error("{event}: `schema_version` is missing")]
+    MissingSchemaVersion { event: &'static str },
+    #[error("{event}: `schema_version` {found} is not supported; this build reads {supported}")]
+    UnsupportedSchemaVersion { event: &'static str, found: String, supported: u16 },
+    #[error("{event}: field `{path}`: {message}")]
+    InvalidField { event: &'static str, path: String, message: String },
+    #[error("{event}: {message}")]
+    Invariant { event: &'static str, message: String },
+}
+
+impl DecodeError {
+    /// The dead-letter classification of this error.
+    pub fn dead_letter_reason(&self) -> DeadLetterReason {
+        match self {
+            DecodeError::NotJson { .. } | DecodeError::NotAnObject { .. } => DeadLetterReason::NotJson,
+            DecodeError::MissingSchemaVersion { .. } | DecodeError::UnsupportedSchemaVersion { .. } => {
+                DeadLetterReason::UnsupportedSchemaVersion
+            }
+            DecodeError::InvalidField { .. } | DecodeError::Invariant { .. } => DeadLetterReason::InvalidEvent,
+        }
+    }
+}
+
+/// Why an event could not be encoded. Only reachable through a broken invariant (a
+/// non-string map key inside a governance value), never through ordinary data.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {event}: {source}")]
+pub struct EncodeError {
+    event: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// Encodes an event as compact JSON.
+pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, EncodeError> {
+    serde_json::to_vec(event).map_err(|source| EncodeError { event: E::NAME, source })
+}
+
+/// Decodes and validates an event. Never panics, whatever the bytes.
+///
+/// The happy path parses once. Only when that fails is the document looked at again to
+/// tell a version mismatch from a malformed field.
+pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, DecodeError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let result: Result<E, _> = serde_path_to_error::deserialize(&mut deserializer);
+    let event = match result {
+        Ok(event) => event,
+        Err(error) => return Err(classify_failure::<E>(bytes, error)),
+    };
+    // Trailing bytes after the object make the payload malformed, as in serde_json::from_slice.
+    if let Err(error) = deserializer.end() {
+        return Err(DecodeError::NotJson { event: E::NAME, message: error.to_string() });
+    }
+    if event.schema_version() != SCHEMA_VERSION {
+        return Err(DecodeError::UnsupportedSchemaVersion {
+            event: E::NAME,
+            found: event.schema_version().to_string(),
+            supported: SCHEMA_VERSION,
+        });
+    }
+    event.validate().map_err(|message| DecodeError::Invariant { event: E::NAME, message })?;
+    Ok(event)
+}
+
+fn classify_failure<E: Event>(bytes: &[u8], error: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
+    let event = E::NAME;
+    if !error.inner().is_data() {
+        return DecodeError::NotJson { event, message: error.inner().to_string() };
+    }
+    let document: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(document) => document,
+        Err(parse_error) => return DecodeError::NotJson { event, message: parse_error.to_string() },
+    };
+    let Some(object) = document.as_object() else {
+        return DecodeError::NotAnObject { event };
+    };
+    match object.get("schema_version") {
+        None => return DecodeError::MissingSchemaVersion { event },
+        Some(found) if found.as_u64() != Some(u64::from(SCHEMA_VERSION)) => {
+            return DecodeError::UnsupportedSchemaVersion {
+                event,
+                found: found.to_string(),
+                supported: SCHEMA_VERSION,
+            };
+        }
+        Some(_) => {}
+    }
+    let path = error.path().to_string();
+    let message = error.into_inner().to_string();
+    DecodeError::InvalidField { event, path, message }
+}
+
+macro_rules! impl_event {
+    ($type:ty, $name:literal, $validate:expr) => {
+        impl Event for $type {
+            const NAME: &'static str = $name;
+
+            fn schema_version(&self) -> u16 {
+                self.schema_version
+            }
+
+            fn validate(&self) -> Result<(), String> {
+                let validate: fn(&$type) -> Result<(), String> = $validate;
+                validate(self)
+            }
+        }
+    };
+}
+
+impl_event!(Interaction, "interaction", Interaction::validate);
+impl_event!(PricedInteraction, "priced_interaction", PricedInteraction::validate);
+impl_event!(QuotaDecision, "quota_decision", QuotaDecision::validate);
+impl_event!(PolicyViolation, "policy_violation", PolicyViolation::validate);
+impl_event!(GovernanceChange, "governance_change", GovernanceChange::validate);
+impl_event!(DeadLetter, "dead_letter", |_| Ok(()));

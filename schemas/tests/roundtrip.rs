@@ -1,0 +1,83 @@
+//! Every event survives JSON encoding unchanged, and every stored record survives a trip
+//! through an Arrow `RecordBatch` unchanged.
+
+mod strategies;
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use tollgate_schemas::arrow::StoredRecord;
+use tollgate_schemas::{Event, decode, encode};
+
+fn json_round_trip<E: Event + PartialEq + std::fmt::Debug>(event: &E) -> Result<(), TestCaseError> {
+    let bytes = encode(event).map_err(|error| TestCaseError::fail(error.to_string()))?;
+    let decoded: E = decode(&bytes).map_err(|error| TestCaseError::fail(error.to_string()))?;
+    prop_assert_eq!(&decoded, event);
+    Ok(())
+}
+
+fn arrow_round_trip<R: StoredRecord + PartialEq + std::fmt::Debug>(records: &[R]) -> Result<(), TestCaseError> {
+    let batch = R::to_record_batch(records).map_err(|error| TestCaseError::fail(error.to_string()))?;
+    prop_assert_eq!(batch.num_rows(), records.len());
+    prop_assert_eq!(batch.schema(), R::arrow_schema());
+    let decoded = R::from_record_batch(&batch).map_err(|error| TestCaseError::fail(error.to_string()))?;
+    prop_assert_eq!(decoded.as_slice(), records);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn interaction_json(event in strategies::interaction()) { json_round_trip(&event)?; }
+
+    #[test]
+    fn priced_interaction_json(event in strategies::priced_interaction()) { json_round_trip(&event)?; }
+
+    #[test]
+    fn quota_decision_json(event in strategies::quota_decision()) { json_round_trip(&event)?; }
+
+    #[test]
+    fn policy_violation_json(event in strategies::policy_violation()) { json_round_trip(&event)?; }
+
+    #[test]
+    fn governance_change_json(event in strategies::governance_change()) { json_round_trip(&event)?; }
+
+    #[test]
+    fn dead_letter_json(event in strategies::dead_letter()) { json_round_trip(&event)?; }
+
+    #[test]
+    fn interaction_arrow(events in vec(strategies::interaction(), 0..8)) { arrow_round_trip(&events)?; }
+
+    #[test]
+    fn priced_interaction_arrow(events in vec(strategies::priced_interaction(), 0..8)) { arrow_round_trip(&events)?; }
+
+    #[test]
+    fn quota_decision_arrow(events in vec(strategies::quota_decision(), 0..8)) { arrow_round_trip(&events)?; }
+
+    #[test]
+    fn policy_violation_arrow(events in vec(strategies::policy_violation(), 0..8)) { arrow_round_trip(&events)?; }
+
+    #[test]
+    fn governance_change_arrow(events in vec(strategies::governance_change(), 0..8)) { arrow_round_trip(&events)?; }
+
+    /// Decoding arbitrary bytes never panics; it returns an event or a typed error.
+    #[test]
+    fn decode_never_panics(bytes in vec(any::<u8>(), 0..512)) {
+        let _ = decode::<tollgate_schemas::Interaction>(&bytes);
+        let _ = decode::<tollgate_schemas::QuotaDecision>(&bytes);
+    }
+}
+
+#[test]
+fn dead_letter_keeps_payload_bytes_exactly() {
+    let payload = [0u8, 159, 146, 150, b'{', b'}'];
+    let letter = tollgate_schemas::DeadLetter::new(
+        tollgate_schemas::SourceOffset { topic: "t".into(), partition: 3, offset: 42 },
+        "group",
+        Some(b"key"),
+        &payload,
+        tollgate_schemas::DeadLetterReason::NotJson,
+        "not JSON",
+    );
+    assert_eq!(letter.payload().unwrap(), payload);
+}
