@@ -1,1 +1,190 @@
-//! placeholder
+//! One publish/consume interface over two logs: Kafka (through rdkafka) for distributed
+//! deployments, and an embedded durable log (SQLite in WAL mode) for a single machine.
+//!
+//! The contract, which the `contract` test suite checks against both implementations:
+//!
+//! - [`EventLog::publish`] enqueues at once and returns a [`PendingAck`]; the event is
+//!   durable once that future resolves to `Ok`. Enqueueing first and awaiting later lets
+//!   both implementations batch (librdkafka's linger, the embedded log's group commit).
+//! - Events with the same key go to the same partition and are read in publish order.
+//! - A [`Subscription`] reads as a named consumer group: the group's members split the
+//!   partitions, and a member that joins later resumes each partition at the group's
+//!   committed offset (or at the beginning when nothing was committed).
+//! - Delivery is at least once: anything read but not committed is read again after a
+//!   restart or a rebalance. Consumers make their effects idempotent (stable event ids).
+//!
+//! This crate moves bytes. It does not encode or decode events (that is
+//! `tollgate-schemas`), and it does not retry failed publishes: callers decide what a
+//! failure means (the gateway spools, the processor stops and resumes from its offsets).
+
+mod embedded;
+mod kafka;
+pub mod testing;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
+pub use kafka::{KafkaConfig, KafkaLog};
+use tollgate_schemas::topics::TopicSpec;
+
+/// One message read from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch, as stamped by the producer.
+    pub timestamp_millis: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// The position to commit once this record has been fully processed.
+    pub fn next_position(&self) -> Position {
+        Position { topic: self.topic.clone(), partition: self.partition, next_offset: self.offset + 1 }
+    }
+}
+
+/// A committed consumer position: the next offset to read in a topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// Where a published event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Everything that can go wrong talking to a log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("topic `{0}` does not exist; services create their topics at start-up")]
+    UnknownTopic(String),
+    #[error("the local publish queue is full; retry after the queued events are acknowledged")]
+    QueueFull,
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("embedded log storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("embedded log at {path} is already open in another process")]
+    Locked { path: String },
+    #[error("the log was closed")]
+    Closed,
+    #[error("cannot commit {topic}/{partition}: not assigned to this consumer (the group rebalanced)")]
+    NotAssigned { topic: String, partition: i32 },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+}
+
+/// The publishing and consuming side of a log. Cheap to share behind an `Arc`.
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync + std::fmt::Debug {
+    /// Creates the topic if it does not exist. An existing topic is left as it is.
+    async fn ensure_topic(&self, name: &str, partitions: i32, compacted: bool) -> Result<(), LogError>;
+
+    /// Enqueues one event now and returns a future that resolves once it is durable.
+    ///
+    /// Never blocks. [`LogError::QueueFull`] means nothing was enqueued: wait for earlier
+    /// acks and publish the same event again before any later event with the same key, so
+    /// per-key order holds.
+    fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError>;
+
+    /// Joins `group` as a new member reading `topics`.
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Subscription>, LogError>;
+
+    /// The next offset that would be written in each partition of `topic`.
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, LogError>;
+}
+
+/// A consumer-group member. Dropping it leaves the group.
+#[async_trait::async_trait]
+pub trait Subscription: Send + std::fmt::Debug {
+    /// The next record from one of this member's partitions. Waits while there is none.
+    /// Cancel-safe: dropping the future loses nothing.
+    async fn next(&mut self) -> Result<Record, LogError>;
+
+    /// Commits positions for the group, durably. Pass [`Record::next_position`] of the
+    /// last record processed in each partition.
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
+
+    /// The partitions this member currently reads.
+    fn assignment(&self) -> Vec<(String, i32)>;
+}
+
+/// Creates every topic in `specs`.
+pub async fn ensure_topics(log: &dyn EventLog, specs: &[TopicSpec]) -> Result<(), LogError> {
+    for spec in specs {
+        log.ensure_topic(spec.name, spec.partitions, spec.compacted).await?;
+    }
+    Ok(())
+}
+
+/// Publishes one event and waits until it is durable, waiting out a full local queue.
+pub async fn publish_and_wait(log: &dyn EventLog, topic: &str, key: &[u8], payload: &[u8]) -> Result<Ack, LogError> {
+    let mut backoff = std::time::Duration::from_millis(1);
+    loop {
+        match log.publish(topic, key, payload) {
+            Ok(pending) => return pending.await,
+            Err(LogError::QueueFull) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Resolves once a published event is durable (or definitely failed).
+#[derive(Debug)]
+#[must_use = "an unawaited ack says nothing about durability"]
+pub struct PendingAck(AckSource);
+
+enum AckSource {
+    Kafka(rdkafka::producer::DeliveryFuture),
+    Embedded(tokio::sync::oneshot::Receiver<Result<Ack, LogError>>),
+}
+
+impl std::fmt::Debug for AckSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AckSource::Kafka(_) => "Kafka",
+            AckSource::Embedded(_) => "Embedded",
+        })
+    }
+}
+
+impl Future for PendingAck {
+    type Output = Result<Ack, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            AckSource::Kafka(delivery) => Pin::new(delivery).poll(cx).map(|result| match result {
+                Ok(Ok(delivery)) => Ok(Ack { partition: delivery.partition, offset: delivery.offset }),
+                Ok(Err((error, _message))) => Err(LogError::Kafka(error)),
+                Err(_canceled) => Err(LogError::Closed),
+            }),
+            AckSource::Embedded(receiver) => Pin::new(receiver).poll(cx).map(|result| match result {
+                Ok(outcome) => outcome,
+                Err(_closed) => Err(LogError::Closed),
+            }),
+        }
+    }
+}
+
+/// The partition of `key` in a topic of `partitions` partitions: CRC32 of the key, as
+/// librdkafka's default `consistent_random` partitioner does for non-empty keys.
+pub(crate) fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let partitions = partitions.max(1).unsigned_abs();
+    // The remainder is below `partitions`, which came from an i32.
+    i32::try_from(crc32fast::hash(key) % partitions).unwrap_or(0)
+}

@@ -1,0 +1,228 @@
+//! [`KafkaLog`]: the event log on Apache Kafka (or any Kafka-API broker) through rdkafka.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{AckSource, EventLog, LogError, PendingAck, Position, Record, Subscription};
+
+/// How to reach the Kafka cluster.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// `client.id` reported to the brokers.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Replication factor for topics Tollgate creates; `-1` uses the broker's default.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// librdkafka properties applied to every client, after Tollgate's defaults: put
+    /// `security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.location` and similar here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for producers only (for example `linger.ms`).
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only (for example `session.timeout.ms`).
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+}
+
+fn default_client_id() -> String {
+    "tollgate".to_owned()
+}
+
+fn default_replication_factor() -> i32 {
+    -1
+}
+
+impl KafkaConfig {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: default_client_id(),
+            replication_factor: default_replication_factor(),
+            properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+        }
+    }
+
+    fn client_config(&self, specific: &BTreeMap<String, String>) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers).set("client.id", &self.client_id);
+        for (name, value) in self.properties.iter().chain(specific) {
+            config.set(name, value);
+        }
+        config
+    }
+}
+
+/// The Kafka implementation of [`EventLog`].
+///
+/// The producer is idempotent with `acks=all`, so a retried send never duplicates or
+/// reorders within a partition; publishes are batched by librdkafka (`linger.ms`).
+#[derive(Clone)]
+pub struct KafkaLog {
+    config: Arc<KafkaConfig>,
+    producer: FutureProducer,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog").field("bootstrap_servers", &self.config.bootstrap_servers).finish()
+    }
+}
+
+impl KafkaLog {
+    /// Creates the clients. Does not contact the brokers until first use.
+    pub fn connect(config: KafkaConfig) -> Result<Self, LogError> {
+        let mut producer_defaults = BTreeMap::from([
+            ("enable.idempotence".to_owned(), "true".to_owned()),
+            ("acks".to_owned(), "all".to_owned()),
+            ("linger.ms".to_owned(), "5".to_owned()),
+            ("compression.type".to_owned(), "lz4".to_owned()),
+            ("message.timeout.ms".to_owned(), "30000".to_owned()),
+        ]);
+        producer_defaults.extend(config.producer_properties.clone());
+        let producer: FutureProducer = config.client_config(&producer_defaults).create()?;
+        let admin: AdminClient<DefaultClientContext> = config.client_config(&BTreeMap::new()).create()?;
+        Ok(KafkaLog { config: Arc::new(config), producer, admin: Arc::new(admin) })
+    }
+
+    /// Waits until every enqueued event is acknowledged or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), LogError> {
+        Ok(self.producer.flush(timeout)?)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for KafkaLog {
+    async fn ensure_topic(&self, name: &str, partitions: i32, compacted: bool) -> Result<(), LogError> {
+        let cleanup_policy = if compacted { "compact" } else { "delete" };
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(self.config.replication_factor))
+            .set("cleanup.policy", cleanup_policy);
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self.admin.create_topics([&topic], &options).await?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(LogError::Kafka(KafkaError::AdminOp(code))).inspect_err(|error| {
+                        tracing::error!(%topic, %error, "creating topic failed");
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match self.producer.send_result(record) {
+            Ok(delivery) => Ok(PendingAck(AckSource::Kafka(delivery))),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(LogError::QueueFull),
+            Err((error, _)) => Err(LogError::Kafka(error)),
+        }
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Subscription>, LogError> {
+        let mut consumer_defaults = BTreeMap::from([
+            ("group.id".to_owned(), group.to_owned()),
+            ("enable.auto.commit".to_owned(), "false".to_owned()),
+            ("auto.offset.reset".to_owned(), "earliest".to_owned()),
+            ("enable.partition.eof".to_owned(), "false".to_owned()),
+        ]);
+        consumer_defaults.extend(self.config.consumer_properties.clone());
+        let consumer: StreamConsumer = self.config.client_config(&consumer_defaults).create()?;
+        consumer.subscribe(topics)?;
+        Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer) }))
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, LogError> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        let timeout = Duration::from_secs(10);
+        // Metadata and watermark calls block the calling thread.
+        tokio::task::spawn_blocking(move || {
+            let client = producer.client();
+            let metadata = client.fetch_metadata(Some(&topic), timeout)?;
+            let Some(topic_metadata) = metadata.topics().iter().find(|candidate| candidate.name() == topic) else {
+                return Err(LogError::UnknownTopic(topic));
+            };
+            if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
+                return Err(LogError::UnknownTopic(topic));
+            }
+            let mut ends = Vec::new();
+            for partition in topic_metadata.partitions() {
+                let (_low, high) = client.fetch_watermarks(&topic, partition.id(), timeout)?;
+                ends.push((partition.id(), high));
+            }
+            ends.sort_unstable();
+            Ok(ends)
+        })
+        .await
+        .map_err(|join_error| LogError::Io(std::io::Error::other(join_error)))?
+    }
+}
+
+struct KafkaSubscription {
+    consumer: Arc<StreamConsumer>,
+}
+
+impl std::fmt::Debug for KafkaSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscription").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Result<Record, LogError> {
+        let message = self.consumer.recv().await?;
+        Ok(Record {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_millis: message.timestamp().to_millis().unwrap_or(0),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        })
+    }
+
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for position in positions {
+            list.add_partition_offset(&position.topic, position.partition, Offset::Offset(position.next_offset))?;
+        }
+        let consumer = Arc::clone(&self.consumer);
+        // A synchronous commit blocks until the coordinator answers: keep it off the runtime.
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|join_error| LogError::Io(std::io::Error::other(join_error)))??;
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<(String, i32)> {
+        match self.consumer.assignment() {
+            Ok(list) => list.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The event-log contract, run against both implementations: the embedded log (on a
+//! temporary directory) and Kafka (on the broker `scripts/test` starts).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tollgate_eventlog::testing::{KAFKA_BROKERS_ENV, required_env, unique_name};
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog, Position, Record, Subscription};
+
+/// Opens a log, and opens it again after the previous handle was dropped ("restart").
+trait Harness: Send + Sync {
+    fn open(&self) -> Arc<dyn EventLog>;
+}
+
+struct Embedded {
+    dir: tempfile::TempDir,
+}
+
+impl Harness for Embedded {
+    fn open(&self) -> Arc<dyn EventLog> {
+        Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(self.dir.path())).unwrap())
+    }
+}
+
+struct Kafka {
+    brokers: String,
+}
+
+impl Harness for Kafka {
+    fn open(&self) -> Arc<dyn EventLog> {
+        let mut config = KafkaConfig::new(&self.brokers);
+        config.replication_factor = 1;
+        // Small groups in tests: rebalance quickly instead of waiting out Kafka defaults.
+        config.consumer_properties.insert("session.timeout.ms".into(), "10000".into());
+        config.consumer_properties.insert("heartbeat.interval.ms".into(), "500".into());
+        Arc::new(KafkaLog::connect(config).unwrap())
+    }
+}
+
+fn embedded() -> Embedded {
+    Embedded { dir: tempfile::tempdir().unwrap() }
+}
+
+fn kafka() -> Kafka {
+    Kafka { brokers: required_env(KAFKA_BROKERS_ENV) }
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn next_within(subscription: &mut dyn Subscription, limit: Duration) -> Option<Record> {
+    match tokio::time::timeout(limit, subscription.next()).await {
+        Ok(result) => Some(result.unwrap()),
+        Err(_elapsed) => None,
+    }
+}
+
+async fn read_exactly(subscription: &mut dyn Subscription, count: usize) -> Vec<Record> {
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        match next_within(subscription, WAIT).await {
+            Some(record) => records.push(record),
+            None => panic!("only {} of {count} records arrived within {WAIT:?}", records.len()),
+        }
+    }
+    records
+}
+
+/// The highest position read in each partition.
+fn positions_after(records: &[Record]) -> Vec<Position> {
+    let mut latest: BTreeMap<(String, i32), Position> = BTreeMap::new();
+    for record in records {
+        let position = record.next_position();
+        let entry = latest.entry((record.topic.clone(), record.partition)).or_insert_with(|| position.clone());
+        if position.next_offset > entry.next_offset {
+            *entry = position;
+        }
+    }
+    latest.into_values().collect()
+}
+
+async fn acknowledged_events_survive_a_restart(harness: &dyn Harness) {
+    let topic = unique_name("survive");
+    let mut acks = HashMap::new();
+    {
+        let log = harness.open();
+        log.ensure_topic(&topic, 3, false).await.unwrap();
+        let mut pending = Vec::new();
+        for sequence in 0..300 {
+            let payload = format!("event-{sequence}");
+            let key = format!("key-{}", sequence % 10);
+            pending.push((payload.clone(), log.publish(&topic, key.as_bytes(), payload.as_bytes()).unwrap()));
+        }
+        for (payload, ack) in pending {
+            let ack = ack.await.unwrap();
+            acks.insert(payload, (ack.partition, ack.offset));
+        }
+    }
+    let log = harness.open();
+    let ends = log.end_offsets(&topic).await.unwrap();
+    assert_eq!(ends.iter().map(|(_, end)| end).sum::<i64>(), 300, "end offsets {ends:?}");
+    let mut subscription = log.subscribe(&unique_name("reader"), &[&topic]).await.unwrap();
+    let records = read_exactly(subscription.as_mut(), 300).await;
+    let mut seen = HashMap::new();
+    for record in records {
+        let payload = String::from_utf8(record.payload).unwrap();
+        assert!(seen.insert(payload, (record.partition, record.offset)).is_none(), "a record was read twice");
+    }
+    assert_eq!(seen, acks, "every acknowledged event is present, where its ack said");
+}
+
+async fn a_group_resumes_exactly_after_its_last_commit(harness: &dyn Harness) {
+    let topic = unique_name("resume");
+    let group = unique_name("group");
+    let log = harness.open();
+    log.ensure_topic(&topic, 2, false).await.unwrap();
+    for sequence in 0..40 {
+        let key = format!("key-{}", sequence % 4);
+        tollgate_eventlog::publish_and_wait(log.as_ref(), &topic, key.as_bytes(), format!("{sequence}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let committed_records;
+    {
+        let mut subscription = log.subscribe(&group, &[&topic]).await.unwrap();
+        committed_records = read_exactly(subscription.as_mut(), 15).await;
+        subscription.commit(&positions_after(&committed_records)).await.unwrap();
+        // Read more without committing: these must be delivered again.
+        let uncommitted = read_exactly(subscription.as_mut(), 5).await;
+        assert!(uncommitted.iter().all(|record| !committed_records.contains(record)));
+    }
+    drop(log);
+    let log = harness.open();
+    let mut subscription = log.subscribe(&group, &[&topic]).await.unwrap();
+    let rest = read_exactly(subscription.as_mut(), 25).await;
+    let committed: BTreeSet<(i32, i64)> = committed_records.iter().map(|r| (r.partition, r.offset)).collect();
+    let resumed: BTreeSet<(i32, i64)> = rest.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(resumed.len(), 25, "no record is delivered twice after resuming");
+    assert!(committed.is_disjoint(&resumed), "committed records are not delivered again");
+    // Each partition resumes at exactly its committed position.
+    for position in positions_after(&committed_records) {
+        let first = rest.iter().filter(|r| r.partition == position.partition).map(|r| r.offset).min();
+        if let Some(first) = first {
+            assert_eq!(first, position.next_offset, "partition {} resumed at its commit", position.partition);
+        }
+    }
+    assert!(next_within(subscription.as_mut(), Duration::from_secs(2)).await.is_none(), "nothing beyond the 40");
+}
+
+async fn per_key_order_holds(harness: &dyn Harness) {
+    let topic = unique_name("order");
+    let log = harness.open();
+    log.ensure_topic(&topic, 4, false).await.unwrap();
+    let keys = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+    let per_key = 50;
+    let mut pending = Vec::new();
+    for sequence in 0..per_key {
+        for key in keys {
+            let payload = format!("{key}:{sequence}");
+            pending.push(log.publish(&topic, key.as_bytes(), payload.as_bytes()).unwrap());
+        }
+    }
+    for ack in pending {
+        ack.await.unwrap();
+    }
+    let mut subscription = log.subscribe(&unique_name("reader"), &[&topic]).await.unwrap();
+    let records = read_exactly(subscription.as_mut(), keys.len() * per_key).await;
+    let mut sequences: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut partition_of_key: HashMap<String, i32> = HashMap::new();
+    for record in records {
+        let text = String::from_utf8(record.payload).unwrap();
+        let (key, sequence) = text.split_once(':').unwrap();
+        assert_eq!(record.key.as_deref(), Some(key.as_bytes()));
+        let partition = *partition_of_key.entry(key.to_owned()).or_insert(record.partition);
+        assert_eq!(partition, record.partition, "all events of key {key} share a partition");
+        sequences.entry(key.to_owned()).or_default().push(sequence.parse().unwrap());
+    }
+    for key in keys {
+        assert_eq!(sequences[key], (0..per_key).collect::<Vec<_>>(), "events of key {key} arrive in publish order");
+    }
+}
+
+/// Reads from a subscription in a task, reporting records and the assignment as it changes.
+fn spawn_reader(
+    mut subscription: Box<dyn Subscription>,
+    records: tokio::sync::mpsc::UnboundedSender<Record>,
+) -> (watch::Receiver<Vec<(String, i32)>>, tokio::task::JoinHandle<()>) {
+    let (assignment_tx, assignment_rx) = watch::channel(Vec::new());
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                record = subscription.next() => {
+                    if records.send(record.unwrap()).is_err() { return; }
+                }
+                _ = tick.tick() => {
+                    let mut assignment = subscription.assignment();
+                    assignment.sort();
+                    assignment_tx.send_if_modified(|current| {
+                        let changed = *current != assignment;
+                        *current = assignment.clone();
+                        changed
+                    });
+                }
+            }
+        }
+    });
+    (assignment_rx, task)
+}
+
+async fn two_members_of_a_group_split_the_partitions(harness: &dyn Harness) {
+    let topic = unique_name("split");
+    let group = unique_name("group");
+    let partitions = 4;
+    let log = harness.open();
+    log.ensure_topic(&topic, partitions, false).await.unwrap();
+    let (sender_a, mut records_a) = tokio::sync::mpsc::unbounded_channel();
+    let (sender_b, mut records_b) = tokio::sync::mpsc::unbounded_channel();
+    let (mut assignment_a, task_a) = spawn_reader(log.subscribe(&group, &[&topic]).await.unwrap(), sender_a);
+    let (mut assignment_b, task_b) = spawn_reader(log.subscribe(&group, &[&topic]).await.unwrap(), sender_b);
+
+    // Wait until the group is stable: both members own partitions, together all of them.
+    let stable = tokio::time::timeout(WAIT, async {
+        loop {
+            let a: BTreeSet<_> = assignment_a.borrow_and_update().iter().cloned().collect();
+            let b: BTreeSet<_> = assignment_b.borrow_and_update().iter().cloned().collect();
+            if !a.is_empty() && !b.is_empty() && a.is_disjoint(&b) && a.len() + b.len() == partitions as usize {
+                return (a, b);
+            }
+            tokio::select! {
+                _ = assignment_a.changed() => {}
+                _ = assignment_b.changed() => {}
+            }
+        }
+    })
+    .await;
+    let (owned_a, owned_b) = stable.expect("the two members never split the partitions between them");
+
+    let total = 400;
+    for sequence in 0..total {
+        let key = format!("key-{}", sequence % 40);
+        log.publish(&topic, key.as_bytes(), format!("{sequence}").as_bytes()).unwrap().await.unwrap();
+    }
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while got_a.len() + got_b.len() < total {
+            tokio::select! {
+                Some(record) = records_a.recv() => got_a.push(record),
+                Some(record) = records_b.recv() => got_b.push(record),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {total} records arrived", got_a.len() + got_b.len()));
+    task_a.abort();
+    task_b.abort();
+
+    assert!(!got_a.is_empty() && !got_b.is_empty(), "both members received records");
+    assert!(got_a.iter().all(|record| owned_a.contains(&(record.topic.clone(), record.partition))));
+    assert!(got_b.iter().all(|record| owned_b.contains(&(record.topic.clone(), record.partition))));
+    let mut payloads: Vec<usize> =
+        got_a.iter().chain(&got_b).map(|record| String::from_utf8_lossy(&record.payload).parse().unwrap()).collect();
+    payloads.sort_unstable();
+    assert_eq!(payloads, (0..total).collect::<Vec<_>>(), "every record exactly once across the group");
+}
+
+macro_rules! contract_suite {
+    ($module:ident, $harness:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acknowledged_events_survive_a_restart() {
+                super::acknowledged_events_survive_a_restart(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_group_resumes_exactly_after_its_last_commit() {
+                super::a_group_resumes_exactly_after_its_last_commit(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn per_key_order_holds() {
+                super::per_key_order_holds(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_members_of_a_group_split_the_partitions() {
+                super::two_members_of_a_group_split_the_partitions(&$harness).await;
+            }
+        }
+    };
+}
+
+contract_suite!(embedded_log, embedded());
+contract_suite!(kafka_log, kafka());
+
+#[tokio::test]
+async fn embedded_log_refuses_unknown_topics_and_a_second_opener() {
+    let harness = embedded();
+    let log = harness.open();
+    let error = log.publish("no-such-topic", b"k", b"v").unwrap_err();
+    assert!(error.to_string().contains("no-such-topic"), "{error}");
+    let second = EmbeddedLog::open(EmbeddedLogConfig::new(harness.dir.path()));
+    assert!(matches!(second, Err(tollgate_eventlog::LogError::Locked { .. })), "{second:?}");
+}
