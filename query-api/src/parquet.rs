@@ -1,0 +1,68 @@
+//! DataFusion over a directory of Parquet files written by the processor's Parquet sink.
+
+use std::path::Path;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use tollgate_schemas::arrow::{RecordBatchError, StoredRecord};
+
+/// Why a query over the Parquet store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("query engine: {0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    RecordBatch(#[from] RecordBatchError),
+}
+
+/// A DataFusion session with Tollgate's tables registered.
+#[derive(Clone)]
+pub struct ParquetStore {
+    context: SessionContext,
+}
+
+impl std::fmt::Debug for ParquetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParquetStore").finish_non_exhaustive()
+    }
+}
+
+impl ParquetStore {
+    /// A session in which strings read as plain `Utf8`, the type the stored-record layouts
+    /// declare, rather than DataFusion's default view types.
+    pub fn new() -> Self {
+        let config = SessionConfig::new().set_bool("datafusion.execution.parquet.schema_force_view_types", false);
+        ParquetStore { context: SessionContext::new_with_config(config) }
+    }
+
+    /// Registers the Parquet files under `dir` (searched recursively) as table `name`,
+    /// with the Arrow schema of `R`.
+    pub async fn register<R: StoredRecord>(&self, name: &str, dir: &Path) -> Result<(), QueryError> {
+        let schema = R::arrow_schema();
+        let options = ParquetReadOptions::default().schema(&schema);
+        let location = format!("{}/", dir.display());
+        self.context.register_parquet(name, &location, options).await?;
+        Ok(())
+    }
+
+    /// Runs `sql` and returns the result batches.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        Ok(self.context.sql(sql).await?.collect().await?)
+    }
+
+    /// Runs `sql` (which must select the columns of `R`) and decodes the rows as `R`.
+    pub async fn query_records<R: StoredRecord>(&self, sql: &str) -> Result<Vec<R>, QueryError> {
+        let mut records = Vec::new();
+        for batch in self.sql(sql).await? {
+            records.extend(R::from_record_batch(&batch)?);
+        }
+        Ok(records)
+    }
+}
+
+impl Default for ParquetStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
