@@ -2,6 +2,8 @@
 //! broker is consumed, written to Parquet and read back with DataFusion, inserted into the
 //! real ClickHouse and read back, and is the same record, field for field, in all three.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
 use std::time::Duration;
 
 use tollgate_eventlog::testing::{CLICKHOUSE_URL_ENV, KAFKA_BROKERS_ENV, required_env, unique_name};
@@ -154,8 +156,7 @@ async fn an_interaction_is_the_same_record_in_kafka_parquet_and_clickhouse() {
     write_file(&dir.path().join("interactions/date=2025-11-24/part-0.parquet"), &[batch]).unwrap();
     let store = ParquetStore::new();
     store.register::<Interaction>("interactions", &dir.path().join("interactions")).await.unwrap();
-    let from_parquet: Vec<Interaction> =
-        store.query_records("SELECT * FROM interactions ORDER BY id").await.unwrap();
+    let from_parquet: Vec<Interaction> = store.query_records("SELECT * FROM interactions ORDER BY id").await.unwrap();
     assert_eq!(from_parquet, originals, "Parquet + DataFusion round trip");
 
     // ClickHouse, twice: a replayed insert must not show a duplicate.
@@ -186,13 +187,15 @@ async fn a_malformed_message_on_a_topic_is_a_typed_error() {
     wrong_version["schema_version"] = serde_json::json!(99);
     let mut missing_field = serde_json::from_slice::<serde_json::Value>(&encode(&model_call()).unwrap()).unwrap();
     missing_field.as_object_mut().unwrap().remove("outcome");
-    let payloads = [b"\xff\xfe not json".to_vec(), wrong_version.to_string().into_bytes(), missing_field.to_string().into_bytes()];
+    let payloads =
+        [b"\xff\xfe not json".to_vec(), wrong_version.to_string().into_bytes(), missing_field.to_string().into_bytes()];
     for payload in &payloads {
         log.publish(&topic, b"key", payload).unwrap().await.unwrap();
     }
     let mut subscription = log.subscribe(&unique_name("malformed"), &[&topic]).await.unwrap();
     let records = consume(subscription.as_mut(), payloads.len()).await;
-    let errors: Vec<DecodeError> = records.iter().map(|record| decode::<Interaction>(&record.payload).unwrap_err()).collect();
+    let errors: Vec<DecodeError> =
+        records.iter().map(|record| decode::<Interaction>(&record.payload).unwrap_err()).collect();
     assert!(matches!(errors[0], DecodeError::NotJson { .. }), "{:?}", errors[0]);
     assert!(
         matches!(&errors[1], DecodeError::UnsupportedSchemaVersion { found, supported: 1, .. } if found == "99"),

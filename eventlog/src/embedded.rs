@@ -92,9 +92,25 @@ struct TopicInfo {
 }
 
 enum WriteOp {
-    Append { topic_id: i64, partition: i32, timestamp_millis: i64, key: Vec<u8>, payload: Vec<u8>, ack: AckSender },
-    Commit { group: String, positions: Vec<(i64, Position)>, ack: oneshot::Sender<Result<(), LogError>> },
-    CreateTopic { name: String, partitions: i32, compacted: bool, ack: oneshot::Sender<Result<TopicInfo, LogError>> },
+    Append {
+        topic_id: i64,
+        partition: i32,
+        timestamp_millis: i64,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+        ack: AckSender,
+    },
+    Commit {
+        group: String,
+        positions: Vec<(i64, Position)>,
+        ack: oneshot::Sender<Result<(), LogError>>,
+    },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        compacted: bool,
+        ack: oneshot::Sender<Result<TopicInfo, LogError>>,
+    },
     /// Sent when the last handle is dropped: finish what is queued, then stop.
     Shutdown,
 }
@@ -196,14 +212,16 @@ fn create_tables(connection: &Connection) -> Result<(), LogError> {
 
 fn load_topics(connection: &Connection) -> Result<HashMap<String, TopicInfo>, LogError> {
     let mut statement = connection.prepare("SELECT id, name, partitions FROM topics")?;
-    let rows = statement.query_map([], |row| Ok((row.get::<_, String>(1)?, TopicInfo { id: row.get(0)?, partitions: row.get(2)? })))?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, String>(1)?, TopicInfo { id: row.get(0)?, partitions: row.get(2)? })))?;
     Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
 }
 
 fn load_next_offsets(connection: &Connection) -> Result<HashMap<(i64, i32), i64>, LogError> {
     let mut statement =
         connection.prepare("SELECT topic_id, partition, MAX(offset) + 1 FROM records GROUP BY topic_id, partition")?;
-    let rows = statement.query_map([], |row| Ok(((row.get::<_, i64>(0)?, row.get::<_, i32>(1)?), row.get::<_, i64>(2)?)))?;
+    let rows =
+        statement.query_map([], |row| Ok(((row.get::<_, i64>(0)?, row.get::<_, i32>(1)?), row.get::<_, i64>(2)?)))?;
     Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
 }
 
@@ -616,7 +634,12 @@ impl Subscription for EmbeddedSubscription {
                 let info = self.topics.get(&position.topic);
                 match info {
                     Some(info) if owned.contains(&partition) => resolved.push((info.id, position.clone())),
-                    _ => return Err(LogError::NotAssigned { topic: position.topic.clone(), partition: position.partition }),
+                    _ => {
+                        return Err(LogError::NotAssigned {
+                            topic: position.topic.clone(),
+                            partition: position.partition,
+                        });
+                    }
                 }
             }
         }

@@ -221,7 +221,9 @@ impl Subscription for KafkaSubscription {
 
     fn assignment(&self) -> Vec<(String, i32)> {
         match self.consumer.assignment() {
-            Ok(list) => list.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect(),
+            Ok(list) => {
+                list.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect()
+            }
             Err(_) => Vec::new(),
         }
     }

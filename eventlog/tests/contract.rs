@@ -1,13 +1,17 @@
 //! The event-log contract, run against both implementations: the embedded log (on a
 //! temporary directory) and Kafka (on the broker `scripts/test` starts).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tollgate_eventlog::testing::{KAFKA_BROKERS_ENV, required_env, unique_name};
-use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog, Position, Record, Subscription};
+use tollgate_eventlog::{
+    EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog, Position, Record, Subscription,
+};
 
 /// Opens a log, and opens it again after the previous handle was dropped ("restart").
 trait Harness: Send + Sync {

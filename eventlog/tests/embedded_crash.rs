@@ -4,6 +4,8 @@
 //! and prints one line per acknowledged event. The parent kills it mid-stream, reopens
 //! the log and checks that every acknowledged event is there, where the ack said.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

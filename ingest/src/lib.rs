@@ -1,1 +1,10 @@
-//! placeholder
+//! The gateway (`tollgate gateway`): the single checkpoint for model and tool traffic.
+//!
+//! Its job is to authenticate virtual keys, apply request-time policy and the live quota
+//! decisions it follows on the decisions topic, route to providers and MCP servers, and
+//! publish one `Interaction` per call through `tollgate-eventlog` without making the
+//! request wait on storage.
+//!
+//! It does not price, aggregate or store anything: spend, budgets and reports are the
+//! processor's and the query API's, built from the events this crate publishes. The
+//! request-handling code is not written yet; this crate currently exports nothing.

@@ -1,5 +1,7 @@
 //! Malformed messages yield a typed error that names the problem, never a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
 mod strategies;
 
 use proptest::strategy::{Strategy, ValueTree};

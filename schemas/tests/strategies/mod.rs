@@ -1,6 +1,6 @@
 //! proptest strategies for every event type: arbitrary but valid events.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // Shared by several test binaries.
 
 use proptest::collection::vec;
 use proptest::option;
