@@ -103,7 +103,8 @@ impl KafkaLog {
         Ok(KafkaLog { config: Arc::new(config), producer, admin: Arc::new(admin) })
     }
 
-    /// Waits until every enqueued event is acknowledged or `timeout` passes.
+    /// Waits until every enqueued event is acknowledged or `timeout` passes. Blocks the
+    /// calling thread: call it from `spawn_blocking` or at shutdown.
     pub fn flush(&self, timeout: Duration) -> Result<(), LogError> {
         Ok(self.producer.flush(timeout)?)
     }
@@ -121,9 +122,8 @@ impl EventLog for KafkaLog {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(LogError::Kafka(KafkaError::AdminOp(code))).inspect_err(|error| {
-                        tracing::error!(%topic, %error, "creating topic failed");
-                    });
+                    tracing::error!(%topic, %code, "creating topic failed");
+                    return Err(LogError::Kafka(KafkaError::AdminOp(code)));
                 }
             }
         }

@@ -24,7 +24,7 @@ fn document<E: Event + JsonSchema>() -> (String, String) {
     let mut schema = schema_for!(E);
     schema.insert(
         "$id".to_owned(),
-        serde_json::Value::String(format!("https://tollgate.dev/schemas/{}.v{}.json", E::NAME, crate::SCHEMA_VERSION)),
+        serde_json::Value::String(format!("urn:tollgate:event:{}:v{}", E::NAME, crate::SCHEMA_VERSION)),
     );
     // Pretty JSON of a schemars document cannot fail (string keys only); fall back to the
     // compact form rather than panic if it ever did.
