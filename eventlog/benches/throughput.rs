@@ -69,10 +69,7 @@ fn rate(events: usize, elapsed: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let events: usize = std::env::args()
-        .skip(1)
-        .find_map(|argument| argument.parse().ok())
-        .unwrap_or(200_000);
+    let events: usize = std::env::args().skip(1).find_map(|argument| argument.parse().ok()).unwrap_or(200_000);
     println!("event log throughput: {events} events of {PAYLOAD_BYTES} B, {KEYS} keys, {PARTITIONS} partitions");
 
     let dir = tempfile::tempdir().unwrap();
