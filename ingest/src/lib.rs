@@ -6,5 +6,12 @@
 //! request wait on storage.
 //!
 //! It does not price, aggregate or store anything: spend, budgets and reports are the
-//! processor's and the query API's, built from the events this crate publishes. The
-//! request-handling code is not written yet; this crate currently exports nothing.
+//! processor's and the query API's, built from the events this crate publishes.
+//!
+//! So far this crate holds the request side's building blocks: [`error`] (provider-style
+//! error bodies, so the official SDKs raise their own typed errors) and [`request`]
+//! (parsing and validating provider request bodies while passing unknown fields through).
+//! The HTTP server, routing and recording are not written yet.
+
+pub mod error;
+pub mod request;
