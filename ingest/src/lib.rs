@@ -10,8 +10,10 @@
 //!
 //! So far this crate holds the request side's building blocks: [`error`] (provider-style
 //! error bodies, so the official SDKs raise their own typed errors) and [`request`]
-//! (parsing and validating provider request bodies while passing unknown fields through).
-//! The HTTP server, routing and recording are not written yet.
+//! (parsing and validating provider request bodies while passing unknown fields through),
+//! plus [`simulator`], a provider that speaks the OpenAI and Anthropic wire formats for
+//! tests and demos. The gateway's HTTP server, routing and recording are not written yet.
 
 pub mod error;
 pub mod request;
+pub mod simulator;

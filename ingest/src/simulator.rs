@@ -1,0 +1,316 @@
+//! A simulated model provider that speaks the OpenAI and Anthropic wire formats, for tests
+//! and demos on machines that cannot reach a real provider.
+//!
+//! It serves `POST /v1/chat/completions` (JSON and SSE, with the usage chunk when
+//! `stream_options.include_usage` is set), `POST /v1/embeddings`, `GET /v1/models` and
+//! `POST /v1/messages` (JSON and the Anthropic event stream). Replies are deterministic:
+//! the text echoes the last user message, and usage is counted from the text
+//! (about four characters a token), so a test can predict it.
+//!
+//! A [`SimulatorControl`] shared with the router lets a test inject failures and latency
+//! and count the requests that reached the upstream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, Dialect, ErrorClass};
+use crate::request::{parse_chat_completion, parse_embeddings, parse_messages};
+
+/// Knobs a test turns while the simulator runs.
+#[derive(Debug, Default)]
+pub struct SimulatorControl {
+    /// When non-zero, every request is answered with this status and a provider error body.
+    fail_with_status: AtomicU16,
+    /// Delay before answering, and between stream chunks, in milliseconds.
+    delay_millis: AtomicU64,
+    /// Requests received, failed ones included.
+    requests: AtomicU64,
+}
+
+impl SimulatorControl {
+    pub fn fail_with(&self, status: Option<StatusCode>) {
+        self.fail_with_status.store(status.map_or(0, |status| status.as_u16()), Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_millis.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_millis.load(Ordering::SeqCst))
+    }
+
+    /// Counts the request, waits the configured delay, and returns the injected failure.
+    async fn arrive(&self, dialect: Dialect) -> Result<(), Response> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match self.fail_with_status.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            code => {
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let class = match status.as_u16() {
+                    429 => ErrorClass::RateLimited,
+                    400..=499 => ErrorClass::InvalidRequest,
+                    _ => ErrorClass::Internal,
+                };
+                let error = ApiError::new(class, format!("simulated upstream failure ({status})"));
+                Err((status, axum::Json(error.body(dialect))).into_response())
+            }
+        }
+    }
+}
+
+/// The models the simulator lists; it answers for any model name.
+const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5"];
+
+/// The simulator's routes, sharing `control`.
+pub fn router(control: Arc<SimulatorControl>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/messages", post(messages))
+        .with_state(control)
+}
+
+/// Tokens in `text` as the simulator counts them: about four characters a token.
+pub fn simulated_tokens(text: &str) -> u64 {
+    u64::try_from(text.chars().count().div_ceil(4)).unwrap_or(u64::MAX)
+}
+
+fn prompt_text(body: &serde_json::Map<String, Value>) -> String {
+    let mut text = String::new();
+    if let Some(system) = body.get("system").and_then(Value::as_str) {
+        text.push_str(system);
+    }
+    for message in body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+        match message.get("content") {
+            Some(Value::String(content)) => text.push_str(content),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(part_text) = part.get("text").and_then(Value::as_str) {
+                        text.push_str(part_text);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+fn reply_to(prompt: &str) -> String {
+    let echoed: String = prompt.chars().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("Simulated reply. You said: {echoed}")
+}
+
+/// The reply split into stream chunks of a few words each.
+fn chunks(reply: &str) -> Vec<String> {
+    let words: Vec<&str> = reply.split_inclusive(' ').collect();
+    words.chunks(3).map(|chunk| chunk.concat()).collect()
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn sse_stream(events: Vec<Event>, delay: Duration) -> Response {
+    let stream = futures::stream::iter(events).then(move |event| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, Infallible>(event)
+    });
+    Sse::new(stream).into_response()
+}
+
+async fn chat_completions(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
+    if let Err(failure) = control.arrive(Dialect::OpenAi).await {
+        return failure;
+    }
+    let request = match parse_chat_completion(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(Dialect::OpenAi),
+    };
+    let prompt = prompt_text(&request.body);
+    let reply = reply_to(&prompt);
+    let prompt_tokens = simulated_tokens(&prompt);
+    let completion_tokens = simulated_tokens(&reply);
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    });
+    let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+    let created = unix_seconds();
+    if !request.stream {
+        return axum::Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": request.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": reply},
+                "logprobs": null,
+                "finish_reason": "stop",
+            }],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish_reason: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": request.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        })
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    events.extend(chunks(&reply).into_iter().map(|text| chunk(json!({"content": text}), Value::Null)));
+    events.push(chunk(json!({}), json!("stop")));
+    if request.client_requested_usage {
+        events.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": request.model,
+            "choices": [], "usage": usage,
+        }));
+    }
+    let mut sse: Vec<Event> = events.iter().map(|event| Event::default().data(event.to_string())).collect();
+    sse.push(Event::default().data("[DONE]"));
+    sse_stream(sse, control.delay())
+}
+
+async fn embeddings(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
+    if let Err(failure) = control.arrive(Dialect::OpenAi).await {
+        return failure;
+    }
+    let request = match parse_embeddings(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(Dialect::OpenAi),
+    };
+    let inputs: Vec<String> = match request.body.get("input") {
+        Some(Value::Array(items)) => items.iter().map(Value::to_string).collect(),
+        Some(other) => vec![other.to_string()],
+        None => Vec::new(),
+    };
+    let prompt_tokens: u64 = inputs.iter().map(|input| simulated_tokens(input)).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            // A small deterministic vector derived from the input's bytes.
+            let vector: Vec<f64> = (0..8)
+                .map(|dimension| {
+                    let byte = input.as_bytes().get(dimension).copied().unwrap_or(0);
+                    f64::from(byte) / 255.0
+                })
+                .collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": request.model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }))
+    .into_response()
+}
+
+async fn models(State(control): State<Arc<SimulatorControl>>) -> Response {
+    if let Err(failure) = control.arrive(Dialect::OpenAi).await {
+        return failure;
+    }
+    let data: Vec<Value> = MODELS
+        .iter()
+        .map(|model| json!({"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "simulator"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn messages(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
+    if let Err(failure) = control.arrive(Dialect::Anthropic).await {
+        return failure;
+    }
+    let request = match parse_messages(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(Dialect::Anthropic),
+    };
+    let prompt = prompt_text(&request.body);
+    let reply = reply_to(&prompt);
+    let input_tokens = simulated_tokens(&prompt);
+    let output_tokens = simulated_tokens(&reply);
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    if !request.stream {
+        return axum::Json(json!({
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": request.model,
+            "content": [{"type": "text", "text": reply}],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": {
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }))
+        .into_response();
+    }
+    let event = |name: &str, data: Value| Event::default().event(name).data(data.to_string());
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "model": request.model, "content": [],
+                "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+            }}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        event("ping", json!({"type": "ping"})),
+    ];
+    events.extend(chunks(&reply).into_iter().map(|text| {
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        )
+    }));
+    events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+               "usage": {"output_tokens": output_tokens}}),
+    ));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    sse_stream(events, control.delay())
+}
