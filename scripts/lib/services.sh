@@ -34,6 +34,23 @@ install_tansu() {
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql --quiet
 }
 
+# The pinned official client SDKs (tests/python/requirements.txt) in a virtualenv cached
+# under ~/.cache/tollgate, rebuilt when the requirements change.
+install_python_sdks() {
+    local venv="$HOME/.cache/tollgate/python-sdks"
+    local requirements="$repo_root/tests/python/requirements.txt"
+    local wanted
+    wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$wanted" ]; then
+        say "installing the pinned Python client SDKs into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+        echo "$wanted" >"$venv/.requirements.sha256"
+    fi
+    export TOLLGATE_TEST_PYTHON="$venv/bin/python"
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
