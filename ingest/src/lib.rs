@@ -8,12 +8,16 @@
 //! It does not price, aggregate or store anything: spend, budgets and reports are the
 //! processor's and the query API's, built from the events this crate publishes.
 //!
-//! So far this crate holds the request side's building blocks: [`error`] (provider-style
-//! error bodies, so the official SDKs raise their own typed errors) and [`request`]
+//! So far this crate holds the request side's building blocks: [`config`] (the validated
+//! configuration file), [`error`] (provider-style
+//! error bodies, so the official SDKs raise their own typed errors), [`keys`] (virtual
+//! keys stored as SHA-256 hashes, with model allow-lists) and [`request`]
 //! (parsing and validating provider request bodies while passing unknown fields through),
 //! plus [`simulator`], a provider that speaks the OpenAI and Anthropic wire formats for
 //! tests and demos. The gateway's HTTP server, routing and recording are not written yet.
 
+pub mod config;
 pub mod error;
+pub mod keys;
 pub mod request;
 pub mod simulator;

@@ -1,0 +1,363 @@
+//! The gateway's configuration: a TOML file, validated as a whole at start-up.
+//!
+//! The file is parsed into raw structs that refuse unknown fields (a typo is an error, not
+//! a silently ignored setting), then checked into [`GatewayConfig`]. Every problem is
+//! reported at once. Secrets never sit in the file: an upstream names the environment
+//! variable holding its credential, and the environment is passed in as a map so tests
+//! never touch the process environment. `gateway.example.toml` at the repository root is
+//! the reference.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_schemas::Principal;
+
+use crate::keys::{KeyStore, ModelAllowList, VirtualKey};
+
+/// What kind of API an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// OpenAI and every server that speaks its API (Groq, Mistral, vLLM, Ollama, ...).
+    Openai,
+    Anthropic,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    /// Key id recorded in events (never the secret).
+    id: String,
+    /// Lowercase hex SHA-256 of the secret (`printf %s "$SECRET" | sha256sum`).
+    secret_sha256: String,
+    org: String,
+    team: Option<String>,
+    user: Option<String>,
+    project: Option<String>,
+    /// Glob patterns of public model names the key may use. Default: every model.
+    allowed_models: Option<Vec<String>>,
+    /// Largest `max_tokens` a request may ask for.
+    max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    listen: Option<String>,
+    /// Largest request body accepted, in bytes; larger bodies get 413. Default 4 MiB.
+    max_body_bytes: Option<usize>,
+    /// Name of this replica in events (`gateway_instance`). Default `gateway`.
+    instance_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    /// Unique name, referenced by model targets.
+    name: String,
+    kind: UpstreamKind,
+    /// Base URL without the `/v1` suffix, for example `https://api.openai.com`.
+    base_url: String,
+    /// `gen_ai.provider.name` recorded for calls served here. Default: the kind.
+    provider: Option<String>,
+    /// Environment variable holding the credential. Absent for servers without auth.
+    api_key_env: Option<String>,
+    /// Default 2000.
+    connect_timeout_ms: Option<u64>,
+    /// Whole-request timeout (first byte for streams). Default 120000.
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    /// The public model name clients send.
+    name: String,
+    /// Upstream targets in order of preference: the first serves, the rest are fallbacks.
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    upstream: String,
+    /// Model name sent upstream. Default: the public name.
+    model: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub instance_id: String,
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Public model name -> targets in order of preference.
+    pub models: BTreeMap<String, Vec<Target>>,
+    pub keys: KeyStore,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    pub base_url: String,
+    pub provider: String,
+    /// The credential, read from the named environment variable.
+    pub api_key: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub upstream: String,
+    pub model: String,
+}
+
+/// Everything wrong with a configuration, one problem per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid gateway configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl GatewayConfig {
+    /// Parses and validates `text`, reading credentials from `environment`.
+    pub fn from_toml(text: &str, environment: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|error| ConfigError { problems: vec![error.to_string().trim().to_owned()] })?;
+        let mut problems = Vec::new();
+
+        let listen_text = raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            problems.push(format!("server.listen `{listen_text}` is not an address like 127.0.0.1:8080"));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(4 * 1024 * 1024);
+        if max_body_bytes == 0 {
+            problems.push("server.max_body_bytes must be greater than zero".to_owned());
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for raw_upstream in raw.upstreams {
+            let name = raw_upstream.name.clone();
+            if upstreams.contains_key(&name) {
+                problems.push(format!("upstream `{name}` is declared twice"));
+                continue;
+            }
+            if !(raw_upstream.base_url.starts_with("http://") || raw_upstream.base_url.starts_with("https://")) {
+                problems.push(format!(
+                    "upstream `{name}`: base_url `{}` must start with http:// or https://",
+                    raw_upstream.base_url
+                ));
+            }
+            let api_key = match &raw_upstream.api_key_env {
+                Some(variable) => match environment.get(variable) {
+                    Some(value) if !value.is_empty() => Some(value.clone()),
+                    _ => {
+                        problems.push(format!("upstream `{name}`: environment variable {variable} is not set"));
+                        None
+                    }
+                },
+                None => None,
+            };
+            let provider = raw_upstream.provider.unwrap_or_else(|| match raw_upstream.kind {
+                UpstreamKind::Openai => "openai".to_owned(),
+                UpstreamKind::Anthropic => "anthropic".to_owned(),
+            });
+            upstreams.insert(
+                name.clone(),
+                Upstream {
+                    name,
+                    kind: raw_upstream.kind,
+                    base_url: raw_upstream.base_url.trim_end_matches('/').to_owned(),
+                    provider,
+                    api_key,
+                    connect_timeout: Duration::from_millis(raw_upstream.connect_timeout_ms.unwrap_or(2_000)),
+                    request_timeout: Duration::from_millis(raw_upstream.request_timeout_ms.unwrap_or(120_000)),
+                },
+            );
+        }
+
+        let mut models = BTreeMap::new();
+        let mut seen_models = HashSet::new();
+        for raw_model in raw.models {
+            if !seen_models.insert(raw_model.name.clone()) {
+                problems.push(format!("model `{}` is declared twice", raw_model.name));
+                continue;
+            }
+            if raw_model.targets.is_empty() {
+                problems.push(format!("model `{}` has no targets", raw_model.name));
+            }
+            let mut targets = Vec::with_capacity(raw_model.targets.len());
+            for target in raw_model.targets {
+                if !upstreams.contains_key(&target.upstream) {
+                    problems.push(format!("model `{}`: unknown upstream `{}`", raw_model.name, target.upstream));
+                }
+                targets.push(Target {
+                    upstream: target.upstream,
+                    model: target.model.unwrap_or_else(|| raw_model.name.clone()),
+                });
+            }
+            models.insert(raw_model.name, targets);
+        }
+
+        let mut keys = KeyStore::default();
+        let mut seen_key_ids = HashSet::new();
+        let mut seen_hashes = HashSet::new();
+        for raw_key in raw.keys {
+            let id = raw_key.id;
+            if !seen_key_ids.insert(id.clone()) {
+                problems.push(format!("key `{id}` is declared twice"));
+            }
+            let hash = raw_key.secret_sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+                problems.push(format!("key `{id}`: secret_sha256 must be 64 hex digits"));
+            } else if !seen_hashes.insert(hash.clone()) {
+                problems.push(format!("key `{id}`: another key has the same secret"));
+            }
+            let allowed_models = match &raw_key.allowed_models {
+                Some(patterns) => ModelAllowList::only(patterns).unwrap_or_else(|problem| {
+                    problems.push(format!("key `{id}`: {problem}"));
+                    ModelAllowList::any()
+                }),
+                None => ModelAllowList::any(),
+            };
+            let principal = Principal {
+                org_id: raw_key.org,
+                team_id: raw_key.team,
+                user_id: raw_key.user,
+                project_id: raw_key.project,
+                key_id: id,
+            };
+            keys.insert(
+                &hash,
+                VirtualKey { principal, allowed_models, max_tokens_cap: raw_key.max_tokens, revoked: false },
+            );
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(GatewayConfig {
+            listen,
+            max_body_bytes,
+            instance_id: raw.server.instance_id.unwrap_or_else(|| "gateway".to_owned()),
+            upstreams,
+            models,
+            keys,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn environment() -> HashMap<String, String> {
+        HashMap::from([
+            ("OPENAI_API_KEY".to_owned(), "sk-live".to_owned()),
+            ("ANTHROPIC_API_KEY".to_owned(), "sk-ant-live".to_owned()),
+        ])
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../gateway.example.toml");
+        let config = GatewayConfig::from_toml(text, &environment()).unwrap();
+        assert!(config.models.values().all(|targets| !targets.is_empty()));
+        assert!(config.upstreams.values().any(|upstream| upstream.kind == UpstreamKind::Anthropic));
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-api-key", axum::http::HeaderValue::from_static("tg-example-secret"));
+        assert_eq!(config.keys.authenticate(&headers).unwrap().principal.team_id.as_deref(), Some("platform"));
+    }
+
+    #[test]
+    fn defaults_and_targets() {
+        let config = GatewayConfig::from_toml(
+            r#"
+            [[upstreams]]
+            name = "primary"
+            kind = "openai"
+            base_url = "http://127.0.0.1:9000/"
+            api_key_env = "OPENAI_API_KEY"
+
+            [[models]]
+            name = "gpt-4o"
+            targets = [{ upstream = "primary" }, { upstream = "primary", model = "gpt-4o-mini" }]
+            "#,
+            &environment(),
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
+        let upstream = &config.upstreams["primary"];
+        assert_eq!((upstream.base_url.as_str(), upstream.provider.as_str()), ("http://127.0.0.1:9000", "openai"));
+        assert_eq!(upstream.api_key.as_deref(), Some("sk-live"));
+        assert_eq!(config.models["gpt-4o"][1], Target { upstream: "primary".into(), model: "gpt-4o-mini".into() });
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let error = GatewayConfig::from_toml(
+            r#"
+            [server]
+            listen = "not an address"
+            max_body_bytes = 0
+
+            [[upstreams]]
+            name = "a"
+            kind = "anthropic"
+            base_url = "ftp://example"
+            api_key_env = "MISSING_KEY"
+
+            [[models]]
+            name = "m"
+            targets = [{ upstream = "nowhere" }]
+
+            [[models]]
+            name = "empty"
+            targets = []
+
+            [[keys]]
+            id = "k"
+            secret_sha256 = "abc"
+            org = "acme"
+            allowed_models = ["[bad"]
+            "#,
+            &environment(),
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        for expected in
+            ["server.listen", "max_body_bytes", "ftp://", "MISSING_KEY", "unknown upstream `nowhere`", "no targets"]
+        {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(error.problems.len(), 8);
+    }
+
+    #[test]
+    fn unknown_settings_are_errors() {
+        let error =
+            GatewayConfig::from_toml("[server]\nlisten_adress = \"127.0.0.1:1\"\n", &environment()).unwrap_err();
+        assert!(error.to_string().contains("listen_adress"), "{error}");
+    }
+}

@@ -1,0 +1,196 @@
+//! Virtual keys: who is calling, and what they may use.
+//!
+//! A client presents a virtual key as `Authorization: Bearer <secret>` (OpenAI style) or
+//! `x-api-key: <secret>` (Anthropic style). The gateway keeps only the SHA-256 of each
+//! secret: keys are long random strings, so a fast hash is enough, and a leaked key store
+//! reveals no usable secret. Lookup is by hash, so no secret is ever compared directly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use sha2::{Digest, Sha256};
+use tollgate_schemas::Principal;
+
+use crate::error::{ApiError, ErrorClass};
+
+/// Lowercase hex SHA-256 of a key secret: the form in which keys are stored.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Which public model names a key may use, as glob patterns (`gpt-4o*`, `claude-*`).
+#[derive(Debug, Clone)]
+pub struct ModelAllowList {
+    patterns: Vec<String>,
+    matcher: Option<GlobSet>,
+}
+
+impl ModelAllowList {
+    /// Every model.
+    pub fn any() -> Self {
+        ModelAllowList { patterns: Vec::new(), matcher: None }
+    }
+
+    /// Only models matching one of `patterns`.
+    pub fn only(patterns: &[String]) -> Result<Self, String> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            builder.add(Glob::new(pattern).map_err(|error| format!("model pattern `{pattern}`: {error}"))?);
+        }
+        let matcher = builder.build().map_err(|error| error.to_string())?;
+        Ok(ModelAllowList { patterns: patterns.to_vec(), matcher: Some(matcher) })
+    }
+
+    pub fn allows(&self, model: &str) -> bool {
+        self.matcher.as_ref().is_none_or(|matcher| matcher.is_match(model))
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// One virtual key, without its secret.
+#[derive(Debug, Clone)]
+pub struct VirtualKey {
+    /// Principal the key resolves to; `principal.key_id` is the key's id.
+    pub principal: Principal,
+    pub allowed_models: ModelAllowList,
+    /// Largest `max_tokens` a request may ask for; larger requests are refused.
+    pub max_tokens_cap: Option<u64>,
+    pub revoked: bool,
+}
+
+/// Virtual keys by the hash of their secret.
+#[derive(Debug, Clone, Default)]
+pub struct KeyStore {
+    by_secret_hash: HashMap<String, Arc<VirtualKey>>,
+}
+
+impl KeyStore {
+    /// Adds or replaces the key whose secret hashes to `secret_sha256`.
+    pub fn insert(&mut self, secret_sha256: &str, key: VirtualKey) {
+        self.by_secret_hash.insert(secret_sha256.to_ascii_lowercase(), Arc::new(key));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_secret_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_secret_hash.is_empty()
+    }
+
+    /// The key presented in `headers`, or the 401 to answer with.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<VirtualKey>, ApiError> {
+        let Some(secret) = presented_secret(headers) else {
+            return Err(ApiError::new(
+                ErrorClass::Authentication,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+            )
+            .with_code("missing_api_key"));
+        };
+        match self.by_secret_hash.get(&hash_secret(secret)) {
+            Some(key) if !key.revoked => Ok(Arc::clone(key)),
+            Some(_) => Err(ApiError::new(ErrorClass::Authentication, "This API key has been revoked.")
+                .with_code("invalid_api_key")),
+            None => {
+                Err(ApiError::new(ErrorClass::Authentication, "Incorrect API key provided.")
+                    .with_code("invalid_api_key"))
+            }
+        }
+    }
+}
+
+/// The secret from `Authorization: Bearer` or, failing that, `x-api-key`.
+fn presented_secret(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .map(str::trim);
+    let api_key = || headers.get("x-api-key").and_then(|value| value.to_str().ok()).map(str::trim);
+    bearer.or_else(api_key).filter(|secret| !secret.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn store() -> KeyStore {
+        let mut store = KeyStore::default();
+        let principal = |key_id: &str| Principal {
+            org_id: "acme".into(),
+            team_id: Some("platform".into()),
+            user_id: None,
+            project_id: None,
+            key_id: key_id.into(),
+        };
+        store.insert(
+            &hash_secret("tg-live-secret"),
+            VirtualKey {
+                principal: principal("key_live"),
+                allowed_models: ModelAllowList::only(&["gpt-4o*".into(), "claude-*".into()]).unwrap(),
+                max_tokens_cap: Some(1024),
+                revoked: false,
+            },
+        );
+        store.insert(
+            &hash_secret("tg-old-secret"),
+            VirtualKey {
+                principal: principal("key_old"),
+                allowed_models: ModelAllowList::any(),
+                max_tokens_cap: None,
+                revoked: true,
+            },
+        );
+        store
+    }
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn both_header_styles_authenticate() {
+        let store = store();
+        for headers in [headers("authorization", "Bearer tg-live-secret"), headers("x-api-key", "tg-live-secret")] {
+            assert_eq!(store.authenticate(&headers).unwrap().principal.key_id, "key_live");
+        }
+    }
+
+    #[test]
+    fn missing_unknown_and_revoked_keys_are_401() {
+        let store = store();
+        for (headers, code) in [
+            (HeaderMap::new(), "missing_api_key"),
+            (headers("authorization", "Bearer "), "missing_api_key"),
+            (headers("authorization", "Basic dXNlcjpwYXNz"), "missing_api_key"),
+            (headers("authorization", "Bearer tg-wrong"), "invalid_api_key"),
+            (headers("x-api-key", "tg-old-secret"), "invalid_api_key"),
+        ] {
+            let error = store.authenticate(&headers).unwrap_err();
+            assert_eq!((error.class, error.code), (ErrorClass::Authentication, Some(code)), "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn allow_lists_match_globs() {
+        let list = ModelAllowList::only(&["gpt-4o*".into(), "claude-*".into()]).unwrap();
+        assert!(list.allows("gpt-4o") && list.allows("gpt-4o-mini") && list.allows("claude-sonnet-4-5"));
+        assert!(!list.allows("gpt-5") && !list.allows("o3"));
+        assert!(ModelAllowList::any().allows("anything"));
+        assert!(ModelAllowList::only(&["[unclosed".into()]).is_err());
+    }
+
+    #[test]
+    fn the_stored_form_is_the_sha256_hex_of_the_secret() {
+        assert_eq!(hash_secret("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
