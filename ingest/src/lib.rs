@@ -14,8 +14,11 @@
 //! keys stored as SHA-256 hashes, with model allow-lists) and [`request`]
 //! (parsing and validating provider request bodies while passing unknown fields through),
 //! plus [`simulator`], a provider that speaks the OpenAI and Anthropic wire formats for
-//! tests and demos. The gateway's HTTP server, routing and recording are not written yet.
+//! tests and demos. [`app`] is the HTTP surface so far: `/healthz`, `GET /v1/models`
+//! (the models the caller's key may use) and provider-style answers to unknown routes and
+//! wrong methods. Proxying, routing and recording are not written yet.
 
+pub mod app;
 pub mod config;
 pub mod error;
 pub mod keys;

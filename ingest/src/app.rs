@@ -1,0 +1,75 @@
+//! The gateway's HTTP surface.
+//!
+//! Routes answer in their provider's dialect: Anthropic-style errors under `/v1/messages`,
+//! OpenAI-style everywhere else, including unknown routes and wrong methods, so a client
+//! SDK always gets a body it can parse.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::config::GatewayConfig;
+use crate::error::{ApiError, Dialect, ErrorClass};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct GatewayState {
+    pub config: GatewayConfig,
+}
+
+/// The gateway's router.
+pub fn app(state: Arc<GatewayState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/models", get(list_models))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+}
+
+/// The dialect of errors on `path`.
+fn dialect_of(path: &str) -> Dialect {
+    if path.starts_with("/v1/messages") { Dialect::Anthropic } else { Dialect::OpenAi }
+}
+
+/// `GET /v1/models`: the public models the caller's key may use.
+async fn list_models(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    let key = match state.config.keys.authenticate(&headers) {
+        Ok(key) => key,
+        Err(error) => return error.into_response(Dialect::OpenAi),
+    };
+    let data: Vec<Value> = state
+        .config
+        .models
+        .iter()
+        .filter(|(name, _)| key.allowed_models.allows(name))
+        .map(|(name, targets)| {
+            let owned_by = targets
+                .first()
+                .and_then(|target| state.config.upstreams.get(&target.upstream))
+                .map_or("tollgate", |upstream| upstream.provider.as_str());
+            json!({"id": name, "object": "model", "created": 0, "owned_by": owned_by})
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> Response {
+    ApiError::new(ErrorClass::NotFound, format!("Unknown request URL: {method} {}.", uri.path()))
+        .with_code("unknown_url")
+        .into_response(dialect_of(uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    let error =
+        ApiError::new(ErrorClass::InvalidRequest, format!("Method {method} is not allowed for {}.", uri.path()))
+            .with_code("method_not_allowed");
+    let mut response = error.into_response(dialect_of(uri.path()));
+    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
