@@ -4,8 +4,9 @@
 //! It serves `POST /v1/chat/completions` (JSON and SSE, with the usage chunk when
 //! `stream_options.include_usage` is set), `POST /v1/embeddings`, `GET /v1/models` and
 //! `POST /v1/messages` (JSON and the Anthropic event stream). Replies are deterministic:
-//! the text echoes the last user message, and usage is counted from the text
-//! (about four characters a token), so a test can predict it.
+//! the text echoes the last 60 characters of the prompt (system text and message text),
+//! and usage is counted from the text (about four characters a token), so a test can
+//! predict it.
 //!
 //! A [`SimulatorControl`] shared with the router lets a test inject failures and latency
 //! and count the requests that reached the upstream.
@@ -68,7 +69,12 @@ impl SimulatorControl {
             code => {
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let class = match status.as_u16() {
+                    401 => ErrorClass::Authentication,
+                    403 => ErrorClass::PermissionDenied,
+                    404 => ErrorClass::NotFound,
+                    413 => ErrorClass::RequestTooLarge,
                     429 => ErrorClass::RateLimited,
+                    503 => ErrorClass::Unavailable,
                     400..=499 => ErrorClass::InvalidRequest,
                     _ => ErrorClass::Internal,
                 };

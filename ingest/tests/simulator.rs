@@ -168,8 +168,18 @@ async fn injected_failures_come_back_in_the_provider_error_layout() {
     .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "rate_limit_error");
+    control.fail_with(Some(StatusCode::UNAUTHORIZED));
+    let (status, _, body) = call(
+        &control,
+        "POST",
+        "/v1/messages",
+        json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "authentication_error");
     control.fail_with(None);
     let (status, _, _) = call(&control, "GET", "/v1/models", Value::Null).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(control.requests(), 3);
+    assert_eq!(control.requests(), 4);
 }
