@@ -85,6 +85,18 @@ impl SimulatorControl {
     }
 }
 
+/// Counts the request, applies injected delay and failure, then parses the body with
+/// `parse`; either step's failure is the response to send, in `dialect`'s layout.
+async fn admit<T>(
+    control: &SimulatorControl,
+    dialect: Dialect,
+    body: &[u8],
+    parse: fn(&[u8]) -> Result<T, ApiError>,
+) -> Result<T, Response> {
+    control.arrive(dialect).await?;
+    parse(body).map_err(|error| error.into_response(dialect))
+}
+
 /// The models the simulator lists; it answers for any model name.
 const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5"];
 
@@ -153,12 +165,9 @@ fn sse_stream(events: Vec<Event>, delay: Duration) -> Response {
 }
 
 async fn chat_completions(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
-    if let Err(failure) = control.arrive(Dialect::OpenAi).await {
-        return failure;
-    }
-    let request = match parse_chat_completion(&body) {
+    let request = match admit(&control, Dialect::OpenAi, &body, parse_chat_completion).await {
         Ok(request) => request,
-        Err(error) => return error.into_response(Dialect::OpenAi),
+        Err(response) => return response,
     };
     let prompt = prompt_text(&request.body);
     let reply = reply_to(&prompt);
@@ -210,12 +219,9 @@ async fn chat_completions(State(control): State<Arc<SimulatorControl>>, body: By
 }
 
 async fn embeddings(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
-    if let Err(failure) = control.arrive(Dialect::OpenAi).await {
-        return failure;
-    }
-    let request = match parse_embeddings(&body) {
+    let request = match admit(&control, Dialect::OpenAi, &body, parse_embeddings).await {
         Ok(request) => request,
-        Err(error) => return error.into_response(Dialect::OpenAi),
+        Err(response) => return response,
     };
     let inputs: Vec<String> = match request.body.get("input") {
         Some(Value::Array(items)) => items.iter().map(Value::to_string).collect(),
@@ -258,12 +264,9 @@ async fn models(State(control): State<Arc<SimulatorControl>>) -> Response {
 }
 
 async fn messages(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
-    if let Err(failure) = control.arrive(Dialect::Anthropic).await {
-        return failure;
-    }
-    let request = match parse_messages(&body) {
+    let request = match admit(&control, Dialect::Anthropic, &body, parse_messages).await {
         Ok(request) => request,
-        Err(error) => return error.into_response(Dialect::Anthropic),
+        Err(response) => return response,
     };
     let prompt = prompt_text(&request.body);
     let reply = reply_to(&prompt);

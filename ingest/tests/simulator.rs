@@ -145,6 +145,10 @@ async fn anthropic_json_and_embeddings_and_models() {
     assert!(body.contains("\"gpt-4o\""));
 }
 
+fn minimal_messages_request() -> Value {
+    json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+}
+
 #[tokio::test]
 async fn injected_failures_come_back_in_the_provider_error_layout() {
     let control = Arc::new(SimulatorControl::default());
@@ -159,23 +163,11 @@ async fn injected_failures_come_back_in_the_provider_error_layout() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "server_error");
     control.fail_with(Some(StatusCode::TOO_MANY_REQUESTS));
-    let (status, _, body) = call(
-        &control,
-        "POST",
-        "/v1/messages",
-        json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
-    )
-    .await;
+    let (status, _, body) = call(&control, "POST", "/v1/messages", minimal_messages_request()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "rate_limit_error");
     control.fail_with(Some(StatusCode::UNAUTHORIZED));
-    let (status, _, body) = call(
-        &control,
-        "POST",
-        "/v1/messages",
-        json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
-    )
-    .await;
+    let (status, _, body) = call(&control, "POST", "/v1/messages", minimal_messages_request()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "authentication_error");
     control.fail_with(None);
