@@ -7,19 +7,35 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::config::GatewayConfig;
 use crate::error::{ApiError, Dialect, ErrorClass};
+use crate::proxy::{Endpoint, handle};
+use crate::recorder::Recorder;
+use crate::upstream::Upstreams;
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct GatewayState {
     pub config: GatewayConfig,
+    pub upstreams: Upstreams,
+    pub recorder: Recorder,
+    /// `config.instance_id`, shared by every recorded event.
+    pub instance: Arc<str>,
+}
+
+impl GatewayState {
+    /// Builds the upstream clients for `config`; events go to `recorder`.
+    pub fn new(config: GatewayConfig, recorder: Recorder) -> Result<Self, reqwest::Error> {
+        let upstreams = Upstreams::new(&config)?;
+        let instance = Arc::from(config.instance_id.as_str());
+        Ok(GatewayState { config, upstreams, recorder, instance })
+    }
 }
 
 /// The gateway's router.
@@ -27,9 +43,24 @@ pub fn app(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
+}
+
+async fn chat_completions(State(state): State<Arc<GatewayState>>, request: Request) -> Response {
+    handle(state, Endpoint::ChatCompletions, request).await
+}
+
+async fn embeddings(State(state): State<Arc<GatewayState>>, request: Request) -> Response {
+    handle(state, Endpoint::Embeddings, request).await
+}
+
+async fn messages(State(state): State<Arc<GatewayState>>, request: Request) -> Response {
+    handle(state, Endpoint::Messages, request).await
 }
 
 /// The dialect of errors on `path`.

@@ -36,6 +36,78 @@ struct RawConfig {
     models: Vec<RawModel>,
     #[serde(default)]
     keys: Vec<RawKey>,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
+    capture: RawCapture,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    /// Attempts on one target (the first try plus retries) before falling back to the
+    /// next target. Default 2.
+    attempts_per_target: Option<u32>,
+    /// First retry delay; doubles per retry, with full jitter. Default 100.
+    backoff_initial_ms: Option<u64>,
+    /// Largest retry delay. Default 2000.
+    backoff_max_ms: Option<u64>,
+    /// A `Retry-After` longer than this sends the request to the next target instead of
+    /// waiting. Default 5000.
+    max_retry_after_ms: Option<u64>,
+    /// Consecutive unhealthy answers (connect errors, timeouts, 429, 5xx) that open an
+    /// upstream's circuit breaker. Default 5.
+    breaker_failure_threshold: Option<u32>,
+    /// How long an open breaker keeps traffic away before one probe is let through.
+    /// Default 30000.
+    breaker_cool_down_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    /// What of each request and response is kept in the recorded event: "off" (sizes
+    /// only), "digests" (sizes and SHA-256 digests, the default), "full" (the text too),
+    /// or "redacted" (the text with PII and secrets replaced).
+    mode: Option<CaptureMode>,
+}
+
+/// How much of a call's content goes into its recorded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    /// Sizes only.
+    Off,
+    /// Sizes and SHA-256 digests of the request and the response.
+    Digests,
+    /// Digests and the full text.
+    Full,
+    /// Digests and the text with PII and secrets replaced by placeholders.
+    Redacted,
+}
+
+/// Retry, fallback and circuit-breaker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    pub attempts_per_target: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_retry_after: Duration,
+    pub breaker_failure_threshold: u32,
+    pub breaker_cool_down: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            attempts_per_target: 2,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(2_000),
+            max_retry_after: Duration::from_millis(5_000),
+            breaker_failure_threshold: 5,
+            breaker_cool_down: Duration::from_millis(30_000),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +183,8 @@ pub struct GatewayConfig {
     /// Public model name -> targets in order of preference.
     pub models: BTreeMap<String, Vec<Target>>,
     pub keys: KeyStore,
+    pub routing: RoutingConfig,
+    pub capture: CaptureMode,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +327,29 @@ impl GatewayConfig {
             );
         }
 
+        let defaults = RoutingConfig::default();
+        let ms = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        let routing = RoutingConfig {
+            attempts_per_target: raw.routing.attempts_per_target.unwrap_or(defaults.attempts_per_target),
+            backoff_initial: ms(raw.routing.backoff_initial_ms, defaults.backoff_initial),
+            backoff_max: ms(raw.routing.backoff_max_ms, defaults.backoff_max),
+            max_retry_after: ms(raw.routing.max_retry_after_ms, defaults.max_retry_after),
+            breaker_failure_threshold: raw
+                .routing
+                .breaker_failure_threshold
+                .unwrap_or(defaults.breaker_failure_threshold),
+            breaker_cool_down: ms(raw.routing.breaker_cool_down_ms, defaults.breaker_cool_down),
+        };
+        if routing.attempts_per_target == 0 {
+            problems.push("routing.attempts_per_target must be at least 1".to_owned());
+        }
+        if routing.breaker_failure_threshold == 0 {
+            problems.push("routing.breaker_failure_threshold must be at least 1".to_owned());
+        }
+        if routing.backoff_max < routing.backoff_initial {
+            problems.push("routing.backoff_max_ms must not be below routing.backoff_initial_ms".to_owned());
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -263,6 +360,8 @@ impl GatewayConfig {
             upstreams,
             models,
             keys,
+            routing,
+            capture: raw.capture.mode.unwrap_or(CaptureMode::Digests),
         })
     }
 }

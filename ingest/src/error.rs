@@ -39,6 +39,8 @@ pub enum ErrorClass {
     BudgetExceeded,
     /// 502: every upstream attempt failed.
     Upstream,
+    /// 504: the upstream did not answer in time.
+    UpstreamTimeout,
     /// 503: the gateway cannot take the request now.
     Unavailable,
     /// 500: a fault in the gateway itself.
@@ -56,6 +58,7 @@ impl ErrorClass {
             ErrorClass::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorClass::RateLimited | ErrorClass::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorClass::Upstream => StatusCode::BAD_GATEWAY,
+            ErrorClass::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,7 +75,9 @@ impl ErrorClass {
             | ErrorClass::UnsupportedMediaType => "invalid_request_error",
             ErrorClass::RateLimited => "requests",
             ErrorClass::BudgetExceeded => "insufficient_quota",
-            ErrorClass::Upstream | ErrorClass::Unavailable | ErrorClass::Internal => "server_error",
+            ErrorClass::Upstream | ErrorClass::UpstreamTimeout | ErrorClass::Unavailable | ErrorClass::Internal => {
+                "server_error"
+            }
         }
     }
 
@@ -85,7 +90,7 @@ impl ErrorClass {
             ErrorClass::NotFound => "not_found_error",
             ErrorClass::RequestTooLarge => "request_too_large",
             ErrorClass::RateLimited | ErrorClass::BudgetExceeded => "rate_limit_error",
-            ErrorClass::Upstream | ErrorClass::Internal => "api_error",
+            ErrorClass::Upstream | ErrorClass::UpstreamTimeout | ErrorClass::Internal => "api_error",
             ErrorClass::Unavailable => "overloaded_error",
         }
     }

@@ -1,26 +1,60 @@
 //! The gateway (`tollgate gateway`): the single checkpoint for model and tool traffic.
 //!
-//! Its job is to authenticate virtual keys, apply request-time policy and the live quota
-//! decisions it follows on the decisions topic, route to providers and MCP servers, and
-//! publish one `Interaction` per call through `tollgate-eventlog` without making the
-//! request wait on storage.
+//! It authenticates virtual keys, applies request-time policy, routes each call to a
+//! provider with retries, fallbacks and circuit breakers, and publishes one `Interaction`
+//! per call through `tollgate-eventlog` without making the request wait on storage (a
+//! local durable spool takes over while the log is unreachable).
 //!
 //! It does not price, aggregate or store anything: spend, budgets and reports are the
 //! processor's and the query API's, built from the events this crate publishes.
 //!
-//! So far this crate holds the request side's building blocks: [`config`] (the validated
-//! configuration file), [`error`] (provider-style
-//! error bodies, so the official SDKs raise their own typed errors), [`keys`] (virtual
-//! keys stored as SHA-256 hashes, with model allow-lists) and [`request`]
-//! (parsing and validating provider request bodies while passing unknown fields through),
-//! plus [`simulator`], a provider that speaks the OpenAI and Anthropic wire formats for
-//! tests and demos. [`app`] is the HTTP surface so far: `/healthz`, `GET /v1/models`
-//! (the models the caller's key may use) and provider-style answers to unknown routes and
-//! wrong methods. Proxying, routing and recording are not written yet.
+//! The parts: [`config`] (the validated configuration file), [`keys`] (virtual keys stored
+//! as SHA-256 hashes), [`request`] (provider request bodies parsed with unknown fields
+//! kept), [`error`] (provider-style error bodies, so the official SDKs raise their own typed
+//! errors), [`proxy`] (the provider routes: checks, routing, forwarding), [`upstream`] and
+//! [`breaker`] (pooled clients and circuit breakers per upstream), [`stream`] and [`sse`]
+//! (metering event streams without changing them), [`usage`] (provider usage and the
+//! tokenizer fallback), [`draft`] (one call's facts, recorded once), [`recorder`]
+//! (publishing, spooling, draining), and [`app`] (the router). [`simulator`] is a provider
+//! that speaks the OpenAI and Anthropic wire formats, for tests and demos.
 
 pub mod app;
+pub mod breaker;
 pub mod config;
+pub mod draft;
 pub mod error;
 pub mod keys;
+pub mod proxy;
+pub mod recorder;
 pub mod request;
 pub mod simulator;
+pub mod sse;
+pub mod stream;
+pub mod upstream;
+pub mod usage;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::app::{GatewayState, app};
+
+/// How long shutdown waits for the recorder to settle events still in flight.
+const FLUSH_ON_SHUTDOWN: Duration = Duration::from_secs(10);
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then stops taking
+/// connections, lets requests in progress (streams included) finish, and flushes the
+/// recorder.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<GatewayState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let served = axum::serve(listener, app(Arc::clone(&state))).with_graceful_shutdown(shutdown).await;
+    if !state.recorder.close(FLUSH_ON_SHUTDOWN).await {
+        tracing::error!("some interactions were not acknowledged before shutdown");
+    }
+    served
+}

@@ -96,6 +96,7 @@ fn error_classes_map_to_the_statuses_and_types_the_sdks_expect() {
         (ErrorClass::RateLimited, 429, "requests", "rate_limit_error"),
         (ErrorClass::BudgetExceeded, 429, "insufficient_quota", "rate_limit_error"),
         (ErrorClass::Upstream, 502, "server_error", "api_error"),
+        (ErrorClass::UpstreamTimeout, 504, "server_error", "api_error"),
         (ErrorClass::Unavailable, 503, "server_error", "overloaded_error"),
         (ErrorClass::Internal, 500, "server_error", "api_error"),
     ];

@@ -1,0 +1,310 @@
+//! [`Draft`]: the facts of one call gathered while it runs, turned into exactly one
+//! `Interaction` when it ends.
+//!
+//! A draft is created once the caller is authenticated (a request without a valid key
+//! has no principal to record against; those are counted in metrics and logs). Every path
+//! out of the handler, and the end of every stream (including a client that went away),
+//! consumes the draft, so each call is recorded once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tollgate_schemas::{
+    Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, ModelCall, Outcome, OutcomeStatus, Principal,
+    SCHEMA_VERSION, Timing, TraceContext, Usage,
+};
+use uuid::Uuid;
+
+use crate::config::CaptureMode;
+use crate::recorder::Recorder;
+
+/// Micros in a duration, saturating.
+pub fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The response side as it went to the client: size, digest, and text when captured.
+#[derive(Debug)]
+pub struct ResponseTap {
+    mode: CaptureMode,
+    bytes: u64,
+    hasher: Option<Sha256>,
+    text: Option<Vec<u8>>,
+}
+
+impl ResponseTap {
+    pub fn new(mode: CaptureMode) -> Self {
+        ResponseTap {
+            mode,
+            bytes: 0,
+            hasher: (mode != CaptureMode::Off).then(Sha256::new),
+            text: matches!(mode, CaptureMode::Full | CaptureMode::Redacted).then(Vec::new),
+        }
+    }
+
+    /// Takes in bytes sent to the client.
+    pub fn sent(&mut self, bytes: &[u8]) {
+        self.bytes = self.bytes.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(bytes);
+        }
+        if let Some(text) = &mut self.text {
+            text.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// One call in progress.
+#[derive(Debug)]
+pub struct Draft {
+    recorder: Recorder,
+    capture: CaptureMode,
+    instance: Arc<str>,
+    pub id: Uuid,
+    pub started: Instant,
+    time_unix_micros: i64,
+    principal: Principal,
+    pub operation: GenAiOperation,
+    pub endpoint: &'static str,
+    pub request_model: String,
+    pub routed_model: Option<String>,
+    pub provider: Option<String>,
+    pub upstream: Option<String>,
+    pub streaming: bool,
+    pub request_max_tokens: Option<u64>,
+    request_bytes: u64,
+    request_sha256: Option<String>,
+    request_text: Option<(String, bool)>,
+    pub attempts: u32,
+    pub fallback_used: bool,
+    /// Time spent waiting on upstreams or sleeping between retries: not gateway overhead.
+    pub waited: Duration,
+    pub trace: TraceContext,
+}
+
+/// How a call ended.
+#[derive(Debug)]
+pub struct Ending {
+    pub status: OutcomeStatus,
+    pub http_status: Option<u16>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub usage: Usage,
+    pub response_model: Option<String>,
+    pub time_to_first_token: Option<Duration>,
+}
+
+impl Ending {
+    pub fn new(status: OutcomeStatus, http_status: Option<u16>) -> Self {
+        Ending {
+            status,
+            http_status,
+            error_type: None,
+            error_message: None,
+            usage: Usage::default(),
+            response_model: None,
+            time_to_first_token: None,
+        }
+    }
+
+    pub fn with_error(mut self, error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        self.error_type = Some(error_type.into());
+        self.error_message = Some(message.into());
+        self
+    }
+}
+
+impl Draft {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        recorder: Recorder,
+        capture: CaptureMode,
+        instance: Arc<str>,
+        started: Instant,
+        principal: Principal,
+        operation: GenAiOperation,
+        endpoint: &'static str,
+        trace: TraceContext,
+    ) -> Self {
+        Draft {
+            recorder,
+            capture,
+            instance,
+            id: Uuid::now_v7(),
+            started,
+            time_unix_micros: tollgate_schemas::now_unix_micros(),
+            principal,
+            operation,
+            endpoint,
+            request_model: String::new(),
+            routed_model: None,
+            provider: None,
+            upstream: None,
+            streaming: false,
+            request_max_tokens: None,
+            request_bytes: 0,
+            request_sha256: None,
+            request_text: None,
+            attempts: 0,
+            fallback_used: false,
+            waited: Duration::ZERO,
+            trace,
+        }
+    }
+
+    pub fn capture(&self) -> CaptureMode {
+        self.capture
+    }
+
+    /// Takes in the request body as received.
+    pub fn set_request(&mut self, body: &[u8]) {
+        self.request_bytes = u64::try_from(body.len()).unwrap_or(u64::MAX);
+        if self.capture != CaptureMode::Off {
+            self.request_sha256 = Some(hex::encode(Sha256::digest(body)));
+        }
+        self.request_text = capture_text(self.capture, body);
+    }
+
+    /// Records the call with `ending` and what was sent back, consuming the draft.
+    pub fn finish(self, ending: Ending, response: ResponseTap) {
+        let duration = self.started.elapsed();
+        let response_sha256 = response.hasher.map(|hasher| hex::encode(hasher.finalize()));
+        let response_text = response.text.and_then(|text| capture_text(response.mode, &text));
+        let captured = self.request_text.map(|(request, request_redacted)| {
+            let response_redacted = response_text.as_ref().is_some_and(|(_, redacted)| *redacted);
+            CapturedContent {
+                request,
+                response: response_text.map(|(text, _)| text),
+                redacted: request_redacted || response_redacted,
+            }
+        });
+        let interaction = Interaction {
+            schema_version: SCHEMA_VERSION,
+            id: self.id,
+            time_unix_micros: self.time_unix_micros,
+            gateway_instance: self.instance.to_string(),
+            principal: self.principal,
+            call: Call::ModelCall(ModelCall {
+                operation: self.operation,
+                provider: self.provider,
+                upstream: self.upstream,
+                request_model: self.request_model,
+                routed_model: self.routed_model,
+                response_model: ending.response_model,
+                endpoint: self.endpoint.to_owned(),
+                streaming: self.streaming,
+                request_max_tokens: self.request_max_tokens,
+            }),
+            content: ContentRecord {
+                request_sha256: self.request_sha256,
+                response_sha256,
+                request_bytes: self.request_bytes,
+                response_bytes: response.bytes,
+                captured,
+            },
+            outcome: Outcome {
+                status: ending.status,
+                http_status: ending.http_status,
+                error_type: ending.error_type,
+                error_message: ending.error_message,
+                attempts: self.attempts,
+                fallback_used: self.fallback_used,
+            },
+            usage: ending.usage,
+            timing: Timing {
+                duration_micros: micros(duration),
+                time_to_first_token_micros: ending.time_to_first_token.map(micros),
+                gateway_overhead_micros: micros(duration.saturating_sub(self.waited)),
+            },
+            trace: Some(self.trace),
+        };
+        self.recorder.record(&interaction);
+    }
+}
+
+/// The text to keep under `mode`, and whether anything was redacted.
+fn capture_text(mode: CaptureMode, bytes: &[u8]) -> Option<(String, bool)> {
+    match mode {
+        CaptureMode::Off | CaptureMode::Digests => None,
+        CaptureMode::Full => Some((String::from_utf8_lossy(bytes).into_owned(), false)),
+        CaptureMode::Redacted => {
+            let text = String::from_utf8_lossy(bytes);
+            let (redacted, findings) = tollgate_guard::Detectors::shared().redact(&text);
+            Some((redacted.into_owned(), !findings.is_empty()))
+        }
+    }
+}
+
+/// The trace context for a call: the client's trace (from `traceparent`) with a new span
+/// for the gateway, or a new trace when the client sent none or an invalid one.
+pub fn trace_context(headers: &axum::http::HeaderMap) -> TraceContext {
+    let span_id = format!("{:016x}", rand::random::<u64>().max(1));
+    let parent = headers.get("traceparent").and_then(|value| value.to_str().ok()).and_then(parse_traceparent);
+    let tracestate = headers.get("tracestate").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    match parent {
+        Some((trace_id, trace_flags)) => TraceContext { trace_id, span_id, trace_flags, tracestate },
+        None => TraceContext {
+            trace_id: format!("{:032x}", rand::random::<u128>().max(1)),
+            span_id,
+            trace_flags: 1,
+            tracestate: None,
+        },
+    }
+}
+
+/// `00-<trace id>-<parent id>-<flags>` per W3C Trace Context; all-zero ids are invalid.
+fn parse_traceparent(value: &str) -> Option<(String, u8)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex = |text: &str, len: usize| {
+        text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = lower_hex(version, 2)
+        && version != "ff"
+        && lower_hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && lower_hex(parent_id, 16)
+        && parent_id.bytes().any(|b| b != b'0')
+        && lower_hex(flags, 2)
+        && (version != "00" || parts.next().is_none());
+    if !valid {
+        return None;
+    }
+    Some((trace_id.to_owned(), u8::from_str_radix(flags, 16).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    #[test]
+    fn a_valid_traceparent_keeps_the_trace_and_gets_a_new_span() {
+        let mut headers = HeaderMap::new();
+        headers
+            .insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        let context = trace_context(&headers);
+        assert_eq!(context.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(context.span_id, "00f067aa0ba902b7");
+        assert_eq!(context.trace_flags, 1);
+        assert!(context.traceparent().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    }
+
+    #[test]
+    fn invalid_traceparents_start_a_new_trace() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+        let context = trace_context(&HeaderMap::new());
+        assert_eq!((context.trace_id.len(), context.span_id.len()), (32, 16));
+    }
+}

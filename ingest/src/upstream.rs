@@ -1,0 +1,130 @@
+//! Talking to providers: one pooled HTTP client and one circuit breaker per upstream.
+//!
+//! Each upstream gets its own `reqwest` client (connection pool with HTTP/1.1 keep-alive,
+//! HTTP/2 negotiated by ALPN over TLS) with that upstream's connect timeout. The request
+//! timeout is applied by the caller around the wait for response headers (and, for a
+//! non-streaming call, the body), never around a stream that is already flowing.
+//!
+//! Credentials are the gateway's, from the configuration: a client's own `Authorization`
+//! or `x-api-key` (its virtual key) is never sent upstream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::breaker::CircuitBreaker;
+use crate::config::{GatewayConfig, Upstream, UpstreamKind};
+
+/// The Anthropic API version sent when the client names none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Client headers passed on to an upstream of the given kind.
+const ANTHROPIC_PASSTHROUGH: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
+/// One configured upstream with its client and breaker.
+#[derive(Debug)]
+pub struct UpstreamClient {
+    pub config: Upstream,
+    pub client: reqwest::Client,
+    pub breaker: CircuitBreaker,
+}
+
+/// Every configured upstream by name.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    by_name: BTreeMap<String, Arc<UpstreamClient>>,
+}
+
+impl Upstreams {
+    /// Builds a client per upstream in `config`.
+    pub fn new(config: &GatewayConfig) -> Result<Self, reqwest::Error> {
+        let mut by_name = BTreeMap::new();
+        for (name, upstream) in &config.upstreams {
+            let client = reqwest::Client::builder()
+                .connect_timeout(upstream.connect_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+                .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+                .build()?;
+            let breaker =
+                CircuitBreaker::new(config.routing.breaker_failure_threshold, config.routing.breaker_cool_down);
+            by_name.insert(name.clone(), Arc::new(UpstreamClient { config: upstream.clone(), client, breaker }));
+        }
+        Ok(Upstreams { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<UpstreamClient>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<UpstreamClient>> {
+        self.by_name.values()
+    }
+}
+
+impl UpstreamClient {
+    /// A POST of `body` to `path` (for example `/v1/chat/completions`) with the gateway's
+    /// credential and the client headers this provider needs.
+    pub fn post(
+        &self,
+        path: &str,
+        client_headers: &HeaderMap,
+        traceparent: Option<&str>,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.config.base_url);
+        let mut headers = HeaderMap::new();
+        headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self.config.kind {
+            UpstreamKind::Openai => {
+                if let Some(key) = &self.config.api_key
+                    && let Ok(value) = HeaderValue::from_str(&format!("Bearer {key}"))
+                {
+                    headers.insert(axum::http::header::AUTHORIZATION, value);
+                }
+            }
+            UpstreamKind::Anthropic => {
+                if let Some(key) = &self.config.api_key
+                    && let Ok(value) = HeaderValue::from_str(key)
+                {
+                    headers.insert("x-api-key", value);
+                }
+                for name in ANTHROPIC_PASSTHROUGH {
+                    if let Some(value) = client_headers.get(name) {
+                        headers.insert(HeaderName::from_static(name), value.clone());
+                    }
+                }
+                headers.entry("anthropic-version").or_insert(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+            }
+        }
+        if let Some(traceparent) = traceparent
+            && let Ok(value) = HeaderValue::from_str(traceparent)
+        {
+            headers.insert("traceparent", value);
+        }
+        if let Some(state) = client_headers.get("tracestate") {
+            headers.insert("tracestate", state.clone());
+        }
+        self.client.post(url).headers(headers).body(body)
+    }
+}
+
+/// Response headers not passed back to the client: hop-by-hop headers, and the length
+/// and encoding, which the gateway's own server sets for the body it sends.
+pub fn is_passed_back(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}

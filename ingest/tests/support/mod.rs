@@ -1,0 +1,205 @@
+//! A whole gateway in-process for tests: two simulated providers on port 0, the gateway on
+//! port 0 in front of them, and an embedded log (or a given one) to read the recorded
+//! events back from.
+
+#![allow(dead_code)] // Each test binary uses a different part of the fixture.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_ingest::app::GatewayState;
+use tollgate_ingest::config::GatewayConfig;
+use tollgate_ingest::keys::hash_secret;
+use tollgate_ingest::recorder::{Recorder, RecorderConfig};
+use tollgate_ingest::simulator::{SimulatorControl, router};
+use tollgate_schemas::Interaction;
+use tollgate_schemas::topics::INTERACTIONS;
+
+/// The secret of the key most tests use: org `acme`, team `research`, user `ada`.
+pub const TEAM_KEY: &str = "tg-test-research";
+/// A key that may use `gpt-4o-mini` only.
+pub const NARROW_KEY: &str = "tg-test-narrow";
+
+pub async fn simulator() -> (SocketAddr, Arc<SimulatorControl>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let control = Arc::new(SimulatorControl::default());
+    tokio::spawn(axum::serve(listener, router(Arc::clone(&control))).into_future());
+    (address, control)
+}
+
+/// The configuration the fixture uses, with `primary` and `backup` simulators.
+/// `extra` is appended; when it has a `[routing]` table, it replaces the fixture's.
+pub fn config_text(primary: SocketAddr, backup: SocketAddr, extra: &str) -> String {
+    let routing = if extra.contains("[routing]") {
+        ""
+    } else {
+        "[routing]\nattempts_per_target = 2\nbackoff_initial_ms = 1\nbackoff_max_ms = 5\nbreaker_failure_threshold = 1000\n"
+    };
+    format!(
+        r#"
+        [server]
+        instance_id = "gateway-test"
+        max_body_bytes = 65536
+
+        {routing}
+
+        [[upstreams]]
+        name = "primary"
+        kind = "openai"
+        provider = "openai"
+        base_url = "http://{primary}"
+        request_timeout_ms = 1500
+
+        [[upstreams]]
+        name = "backup"
+        kind = "openai"
+        provider = "vllm"
+        base_url = "http://{backup}"
+        request_timeout_ms = 1500
+
+        [[upstreams]]
+        name = "claude"
+        kind = "anthropic"
+        base_url = "http://{primary}"
+        request_timeout_ms = 1500
+
+        [[models]]
+        name = "gpt-4o"
+        targets = [{{ upstream = "primary", model = "gpt-4o-2024-08-06" }}, {{ upstream = "backup", model = "llama-3.1-70b" }}]
+
+        [[models]]
+        name = "gpt-4o-mini"
+        targets = [{{ upstream = "primary" }}]
+
+        [[models]]
+        name = "text-embedding-3-small"
+        targets = [{{ upstream = "primary" }}]
+
+        [[models]]
+        name = "claude-sonnet-4-5"
+        targets = [{{ upstream = "claude" }}]
+
+        [[keys]]
+        id = "key_research"
+        secret_sha256 = "{team}"
+        org = "acme"
+        team = "research"
+        user = "ada"
+        project = "atlas"
+        max_tokens = 2048
+
+        [[keys]]
+        id = "key_narrow"
+        secret_sha256 = "{narrow}"
+        org = "acme"
+        team = "support"
+        allowed_models = ["gpt-4o-mini"]
+        {extra}
+        "#,
+        team = hash_secret(TEAM_KEY),
+        narrow = hash_secret(NARROW_KEY),
+    )
+}
+
+pub struct TestGateway {
+    pub address: SocketAddr,
+    pub primary: Arc<SimulatorControl>,
+    pub backup: Arc<SimulatorControl>,
+    pub log: Arc<dyn EventLog>,
+    pub state: Arc<GatewayState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// A gateway recording to a fresh embedded log.
+    pub async fn start() -> Self {
+        Self::start_with("", None, None).await
+    }
+
+    /// A gateway with `extra` appended to the configuration, recording to `log` (an
+    /// embedded log when `None`) with `spool` for outages.
+    pub async fn start_with(
+        extra: &str,
+        log: Option<Arc<dyn EventLog>>,
+        spool: Option<(Arc<dyn EventLog>, RecorderConfig)>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (primary_address, primary) = simulator().await;
+        let (backup_address, backup) = simulator().await;
+        let config = GatewayConfig::from_toml(&config_text(primary_address, backup_address, extra), &HashMap::new())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let log = match log {
+            Some(log) => log,
+            None => Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap()),
+        };
+        tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
+        let (spool, recorder_config) = match spool {
+            Some((spool, config)) => (Some(spool), config),
+            None => (None, RecorderConfig::default()),
+        };
+        let recorder = Recorder::start(Arc::clone(&log), spool, recorder_config).await.unwrap();
+        let state = Arc::new(GatewayState::new(config, recorder).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let server = tokio::spawn(tollgate_ingest::run(listener, Arc::clone(&state), async move {
+            let _ = signal.await;
+        }));
+        TestGateway { address, primary, backup, log, state, shutdown: Some(shutdown), server: Some(server), _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Upstream requests both simulators received.
+    pub fn upstream_requests(&self) -> u64 {
+        self.primary.requests() + self.backup.requests()
+    }
+
+    /// Stops the server gracefully and flushes the recorder.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Every interaction on the log, read until `expected` arrived (failing after 20
+    /// seconds) and then for another moment, so an extra event would be seen too.
+    pub async fn interactions(&self, expected: usize) -> Vec<Interaction> {
+        read_interactions(self.log.as_ref(), expected).await
+    }
+}
+
+pub async fn read_interactions(log: &dyn EventLog, expected: usize) -> Vec<Interaction> {
+    let group = tollgate_eventlog::testing::unique_name("reader");
+    let mut subscription = log.subscribe(&group, &[INTERACTIONS]).await.unwrap();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while events.len() < expected {
+        let record = tokio::time::timeout_at(deadline, subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} interactions arrived", events.len()))
+            .unwrap();
+        events.push(tollgate_schemas::decode::<Interaction>(&record.payload).unwrap());
+    }
+    while let Ok(record) = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await {
+        events.push(tollgate_schemas::decode::<Interaction>(&record.unwrap().payload).unwrap());
+    }
+    events
+}
+
+/// An HTTP client for raw requests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
