@@ -1,10 +1,17 @@
 //! The `tollgate` binary: one executable, a subcommand per service. `main` only parses
 //! arguments and wires; the work lives in the library crates.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog};
+use tollgate_ingest::app::GatewayState;
+use tollgate_ingest::config::GatewayConfig;
+use tollgate_ingest::recorder::Recorder;
 
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "Event-sourced governance and audit pipeline for AI traffic")]
@@ -23,9 +30,35 @@ enum Command {
     },
     /// List the topics Tollgate uses, with their default partitions and cleanup policy.
     Topics,
+    /// Run the gateway: the provider-compatible proxy that records every interaction.
+    Gateway(GatewayArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// The gateway's configuration file; `gateway.example.toml` documents every setting.
+    #[arg(long, env = "TOLLGATE_GATEWAY_CONFIG", default_value = "gateway.toml")]
+    config: PathBuf,
+    /// Address to listen on, overriding `server.listen`.
+    #[arg(long, env = "TOLLGATE_GATEWAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers (`host:port,...`). Without them the gateway records to the
+    /// embedded log under --data-dir.
+    #[arg(long, env = "TOLLGATE_KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: Option<String>,
+    /// The local durable spool that holds events while Kafka is unreachable.
+    #[arg(long, env = "TOLLGATE_SPOOL_DIR", default_value = "./tollgate-spool")]
+    spool_dir: PathBuf,
+    /// Where the embedded log lives when no Kafka servers are given.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+    data_dir: PathBuf,
+    /// Check the configuration, print a summary, and exit.
+    #[arg(long)]
+    validate: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -40,7 +73,90 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Gateway(args) => gateway(args).await,
     }
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| {
+        format!("reading the gateway configuration {} (see gateway.example.toml)", args.config.display())
+    })?;
+    let environment: HashMap<String, String> = std::env::vars().collect();
+    let mut config = GatewayConfig::from_toml(&text, &environment)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if args.validate {
+        println!(
+            "{}: valid; {} upstreams, {} models, {} keys, listening on {}",
+            args.config.display(),
+            config.upstreams.len(),
+            config.models.len(),
+            config.keys.len(),
+            config.listen
+        );
+        return Ok(());
+    }
+
+    let (log, spool): (Arc<dyn EventLog>, Option<Arc<dyn EventLog>>) = match &args.kafka_bootstrap_servers {
+        Some(servers) => {
+            let mut kafka = KafkaConfig::new(servers.clone());
+            // The recorder decides when to spool; the producer must never drop an event on
+            // a timeout of its own (see `tollgate_ingest::recorder`).
+            kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
+            kafka.client_id = config.instance_id.clone();
+            let log = KafkaLog::connect(kafka).context("creating the Kafka clients")?;
+            let spool = EmbeddedLog::open(EmbeddedLogConfig::new(&args.spool_dir))
+                .with_context(|| format!("opening the spool in {}", args.spool_dir.display()))?;
+            (Arc::new(log), Some(Arc::new(spool)))
+        }
+        None => {
+            let dir = args.data_dir.join("log");
+            let log = EmbeddedLog::open(EmbeddedLogConfig::new(&dir))
+                .with_context(|| format!("opening the embedded log in {}", dir.display()))?;
+            (Arc::new(log), None)
+        }
+    };
+    tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL)
+        .await
+        .context("creating Tollgate's topics")?;
+    let recorder = Recorder::start(log, spool, config.recording.clone()).await.context("starting the recorder")?;
+    let listen = config.listen;
+    let state = Arc::new(GatewayState::new(config, recorder).context("building the upstream clients")?);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    tollgate_ingest::run(listener, state, shutdown_signal()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in progress and flushing events");
 }
 
 fn write_schemas(out: Option<PathBuf>) -> anyhow::Result<()> {

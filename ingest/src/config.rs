@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tollgate_schemas::Principal;
 
 use crate::keys::{KeyStore, ModelAllowList, VirtualKey};
+use crate::recorder::{FullSpoolPolicy, RecorderConfig};
 
 /// What kind of API an upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -40,6 +41,21 @@ struct RawConfig {
     routing: RawRouting,
     #[serde(default)]
     capture: RawCapture,
+    #[serde(default)]
+    recording: RawRecording,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecording {
+    /// With events outstanding and no acknowledgement from the log for this long, new
+    /// events go to the local spool. Default 2000.
+    spool_after_ms: Option<u64>,
+    /// Events the spool may hold. Default 10000000.
+    spool_max_events: Option<u64>,
+    /// "fail_open" (default: keep serving, count lost events) or "fail_closed" (answer
+    /// 503 until the spool has room) when the spool is full.
+    on_full_spool: Option<FullSpoolPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +201,7 @@ pub struct GatewayConfig {
     pub keys: KeyStore,
     pub routing: RoutingConfig,
     pub capture: CaptureMode,
+    pub recording: RecorderConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +367,16 @@ impl GatewayConfig {
             problems.push("routing.backoff_max_ms must not be below routing.backoff_initial_ms".to_owned());
         }
 
+        let recording_defaults = RecorderConfig::default();
+        let recording = RecorderConfig {
+            spool_after: ms(raw.recording.spool_after_ms, recording_defaults.spool_after),
+            spool_max_events: raw.recording.spool_max_events.unwrap_or(recording_defaults.spool_max_events),
+            on_full_spool: raw.recording.on_full_spool.unwrap_or(recording_defaults.on_full_spool),
+        };
+        if recording.spool_after.is_zero() {
+            problems.push("recording.spool_after_ms must be greater than zero".to_owned());
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -362,6 +389,7 @@ impl GatewayConfig {
             keys,
             routing,
             capture: raw.capture.mode.unwrap_or(CaptureMode::Digests),
+            recording,
         })
     }
 }

@@ -213,7 +213,7 @@ async fn successful_calls_pass_through_and_record_principal_model_and_usage() {
     assert_eq!(chat_event.content.request_bytes, u64::try_from(tool_call.to_string().len()).unwrap());
     assert_eq!(chat_event.content.request_sha256.as_ref().map(String::len), Some(64));
     assert!(chat_event.timing.duration_micros >= chat_event.timing.gateway_overhead_micros);
-    assert_eq!(chat_event.gateway_instance, "gateway-test");
+    assert_eq!(chat_event.gateway_instance, gateway.instance);
 
     let embed_event = by_id(&embed_id);
     assert_eq!(model_call(embed_event).operation, tollgate_schemas::GenAiOperation::Embeddings);

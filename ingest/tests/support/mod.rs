@@ -34,7 +34,7 @@ pub async fn simulator() -> (SocketAddr, Arc<SimulatorControl>) {
 
 /// The configuration the fixture uses, with `primary` and `backup` simulators.
 /// `extra` is appended; when it has a `[routing]` table, it replaces the fixture's.
-pub fn config_text(primary: SocketAddr, backup: SocketAddr, extra: &str) -> String {
+pub fn config_text(instance: &str, primary: SocketAddr, backup: SocketAddr, extra: &str) -> String {
     let routing = if extra.contains("[routing]") {
         ""
     } else {
@@ -43,7 +43,7 @@ pub fn config_text(primary: SocketAddr, backup: SocketAddr, extra: &str) -> Stri
     format!(
         r#"
         [server]
-        instance_id = "gateway-test"
+        instance_id = "{instance}"
         max_body_bytes = 65536
 
         {routing}
@@ -107,6 +107,9 @@ pub fn config_text(primary: SocketAddr, backup: SocketAddr, extra: &str) -> Stri
 }
 
 pub struct TestGateway {
+    /// This gateway's `instance_id`, unique per test: events are told apart by it on a
+    /// shared broker.
+    pub instance: String,
     pub address: SocketAddr,
     pub primary: Arc<SimulatorControl>,
     pub backup: Arc<SimulatorControl>,
@@ -133,8 +136,9 @@ impl TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let (primary_address, primary) = simulator().await;
         let (backup_address, backup) = simulator().await;
-        let config = GatewayConfig::from_toml(&config_text(primary_address, backup_address, extra), &HashMap::new())
-            .unwrap_or_else(|error| panic!("{error}"));
+        let instance = tollgate_eventlog::testing::unique_name("gateway-test");
+        let text = config_text(&instance, primary_address, backup_address, extra);
+        let config = GatewayConfig::from_toml(&text, &HashMap::new()).unwrap_or_else(|error| panic!("{error}"));
         let log = match log {
             Some(log) => log,
             None => Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap()),
@@ -152,7 +156,17 @@ impl TestGateway {
         let server = tokio::spawn(tollgate_ingest::run(listener, Arc::clone(&state), async move {
             let _ = signal.await;
         }));
-        TestGateway { address, primary, backup, log, state, shutdown: Some(shutdown), server: Some(server), _dir: dir }
+        TestGateway {
+            instance,
+            address,
+            primary,
+            backup,
+            log,
+            state,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -174,14 +188,16 @@ impl TestGateway {
         }
     }
 
-    /// Every interaction on the log, read until `expected` arrived (failing after 20
-    /// seconds) and then for another moment, so an extra event would be seen too.
+    /// The interactions this gateway recorded (see [`read_interactions`]).
     pub async fn interactions(&self, expected: usize) -> Vec<Interaction> {
-        read_interactions(self.log.as_ref(), expected).await
+        read_interactions(self.log.as_ref(), &self.instance, expected).await
     }
 }
 
-pub async fn read_interactions(log: &dyn EventLog, expected: usize) -> Vec<Interaction> {
+/// The interactions `instance` recorded on `log`, read from the beginning until
+/// `expected` arrived (failing after 20 seconds) and then for another moment, so an
+/// extra event would be seen too.
+pub async fn read_interactions(log: &dyn EventLog, instance: &str, expected: usize) -> Vec<Interaction> {
     let group = tollgate_eventlog::testing::unique_name("reader");
     let mut subscription = log.subscribe(&group, &[INTERACTIONS]).await.unwrap();
     let mut events = Vec::new();
@@ -191,10 +207,16 @@ pub async fn read_interactions(log: &dyn EventLog, expected: usize) -> Vec<Inter
             .await
             .unwrap_or_else(|_| panic!("only {} of {expected} interactions arrived", events.len()))
             .unwrap();
-        events.push(tollgate_schemas::decode::<Interaction>(&record.payload).unwrap());
+        let event = tollgate_schemas::decode::<Interaction>(&record.payload).unwrap();
+        if event.gateway_instance == instance {
+            events.push(event);
+        }
     }
-    while let Ok(record) = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await {
-        events.push(tollgate_schemas::decode::<Interaction>(&record.unwrap().payload).unwrap());
+    while let Ok(record) = tokio::time::timeout(Duration::from_millis(1_000), subscription.next()).await {
+        let event = tollgate_schemas::decode::<Interaction>(&record.unwrap().payload).unwrap();
+        if event.gateway_instance == instance {
+            events.push(event);
+        }
     }
     events
 }
