@@ -34,6 +34,9 @@ install_tansu() {
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql --quiet
 }
 
+# Tests that stop and restart a broker of their own (outage drills) start this binary.
+export TOLLGATE_TEST_TANSU="$HOME/.cargo/bin/tansu"
+
 # The pinned official client SDKs (tests/python/requirements.txt) in a virtualenv cached
 # under ~/.cache/tollgate, rebuilt when the requirements change.
 install_python_sdks() {

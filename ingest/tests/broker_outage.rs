@@ -1,0 +1,146 @@
+//! Outage drill: the gateway keeps serving while its Kafka broker is down, spools every
+//! event to local disk, and delivers all of them, in per-key order, once the broker is back.
+//!
+//! The test runs a broker of its own (the `tansu` binary `scripts/test` installs, with
+//! SQLite storage in a temporary directory) so it can kill and restart it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{TestGateway, http, read_interactions};
+use tollgate_eventlog::testing::required_env;
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog};
+use tollgate_ingest::keys::hash_secret;
+use tollgate_ingest::recorder::RecorderConfig;
+
+const TANSU_ENV: &str = "TOLLGATE_TEST_TANSU";
+const KEYS: usize = 8;
+
+fn start_broker(tansu: &str, dir: &Path, port: u16) -> std::process::Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    std::process::Command::new(tansu)
+        .current_dir(dir)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .stdout(std::fs::File::create(dir.join("tansu.log")).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for_port(port: u16) {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the broker did not listen on {port}");
+}
+
+/// `per_key` requests on each key, one after another per key, the keys in parallel.
+/// Returns how many succeeded.
+async fn load(gateway: &TestGateway, per_key: usize) -> usize {
+    let client = http();
+    let mut tasks = Vec::new();
+    for key in 0..KEYS {
+        let client = client.clone();
+        let url = gateway.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for request in 0..per_key {
+                let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("key {key} request {request}")}]});
+                let response =
+                    client.post(&url).bearer_auth(format!("tg-load-{key}")).json(&body).send().await.unwrap();
+                if response.status().is_success() {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        ok += task.await.unwrap();
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_broker_outage_in_per_key_order() {
+    let tansu = required_env(TANSU_ENV);
+    let broker_dir = tempfile::tempdir().unwrap();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut broker = start_broker(&tansu, broker_dir.path(), port);
+    wait_for_port(port).await;
+
+    let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
+    kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
+    kafka.producer_properties.insert("reconnect.backoff.max.ms".into(), "500".into());
+    let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
+    let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
+    let recording = RecorderConfig { spool_after: Duration::from_millis(500), ..RecorderConfig::default() };
+    let keys: String = (0..KEYS)
+        .map(|key| {
+            format!(
+                "[[keys]]\nid = \"key_load_{key}\"\nsecret_sha256 = \"{}\"\norg = \"acme\"\nteam = \"load\"\n",
+                hash_secret(&format!("tg-load-{key}"))
+            )
+        })
+        .collect();
+    let mut gateway = TestGateway::start_with(&keys, Some(Arc::clone(&log)), Some((spool, recording))).await;
+
+    let before = load(&gateway, 50).await;
+    assert_eq!(before, KEYS * 50);
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let during = load(&gateway, 250).await;
+    assert_eq!(during, KEYS * 250, "clients saw no failure while the broker was down");
+    let stats = gateway.state.recorder.stats();
+    assert!(stats.spooling && stats.spooled > 0, "events went to the spool: {stats:?}");
+
+    let mut broker = start_broker(&tansu, broker_dir.path(), port);
+    wait_for_port(port).await;
+    let after = load(&gateway, 25).await;
+    assert_eq!(after, KEYS * 25);
+
+    let total = before + during + after;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let stats = gateway.state.recorder.stats();
+        if !stats.spooling && stats.drained >= stats.spooled && stats.acknowledged + stats.drained >= total as u64 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the spool did not drain: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gateway.stop().await;
+    let stats = gateway.state.recorder.stats();
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    eprintln!("recorder after the drill: {stats:?}");
+
+    let events = read_interactions(log.as_ref(), &gateway.instance, total).await;
+    let distinct: HashSet<_> = events.iter().map(|event| event.id).collect();
+    assert_eq!(distinct.len(), total, "every event arrived");
+    assert_eq!(events.len(), total, "and none twice");
+    // Requests on one key were sequential, so their ids (UUIDv7, taken on arrival) must
+    // come off the broker in increasing order.
+    let mut last_by_key: BTreeMap<String, uuid::Uuid> = BTreeMap::new();
+    for event in &events {
+        if let Some(previous) = last_by_key.insert(event.principal.key_id.clone(), event.id) {
+            assert!(previous < event.id, "key {} out of order", event.principal.key_id);
+        }
+    }
+    assert_eq!(last_by_key.len(), KEYS);
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
