@@ -12,6 +12,7 @@ use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, K
 use tollgate_ingest::app::GatewayState;
 use tollgate_ingest::config::GatewayConfig;
 use tollgate_ingest::recorder::Recorder;
+use tollgate_schemas::pricing::PriceCatalog;
 
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "Event-sourced governance and audit pipeline for AI traffic")]
@@ -52,6 +53,10 @@ struct GatewayArgs {
     /// Where the embedded log lives when no Kafka servers are given.
     #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
     data_dir: PathBuf,
+    /// The price catalog used for budget reservations (TOML, the format of
+    /// `pricing/catalog.toml`). Default: the catalog built into this binary.
+    #[arg(long, env = "TOLLGATE_PRICE_CATALOG")]
+    price_catalog: Option<PathBuf>,
     /// Check the configuration, print a summary, and exit.
     #[arg(long)]
     validate: bool,
@@ -104,6 +109,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             // The recorder decides when to spool; the producer must never drop an event on
             // a timeout of its own (see `tollgate_ingest::recorder`).
             kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
+            // Quota decisions should reach the gateway promptly.
+            kafka.consumer_properties.insert("fetch.wait.max.ms".into(), "50".into());
             kafka.client_id = config.instance_id.clone();
             let log = KafkaLog::connect(kafka).context("creating the Kafka clients")?;
             let spool = EmbeddedLog::open(EmbeddedLogConfig::new(&args.spool_dir))
@@ -120,9 +127,20 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL)
         .await
         .context("creating Tollgate's topics")?;
-    let recorder = Recorder::start(log, spool, config.recording.clone()).await.context("starting the recorder")?;
+    let catalog = match &args.price_catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the price catalog {}", path.display()))?;
+            PriceCatalog::from_toml(&text)?
+        }
+        None => PriceCatalog::shipped()?,
+    };
+    let recorder =
+        Recorder::start(Arc::clone(&log), spool, config.recording.clone()).await.context("starting the recorder")?;
     let listen = config.listen;
-    let state = Arc::new(GatewayState::new(config, recorder).context("building the upstream clients")?);
+    let instance = config.instance_id.clone();
+    let state = Arc::new(GatewayState::new(config, recorder, catalog).context("building the upstream clients")?);
+    tokio::spawn(tollgate_ingest::quota::follow_forever(log, Arc::clone(&state.quota), instance));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     tollgate_ingest::run(listener, state, shutdown_signal()).await?;

@@ -16,8 +16,10 @@ use serde_json::{Value, json};
 use crate::config::GatewayConfig;
 use crate::error::{ApiError, Dialect, ErrorClass};
 use crate::proxy::{Endpoint, handle};
+use crate::quota::QuotaBook;
 use crate::recorder::Recorder;
 use crate::upstream::Upstreams;
+use tollgate_schemas::pricing::PriceCatalog;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -25,16 +27,20 @@ pub struct GatewayState {
     pub config: GatewayConfig,
     pub upstreams: Upstreams,
     pub recorder: Recorder,
+    /// Quota decisions in force and this replica's spend since them.
+    pub quota: Arc<QuotaBook>,
     /// `config.instance_id`, shared by every recorded event.
     pub instance: Arc<str>,
 }
 
 impl GatewayState {
-    /// Builds the upstream clients for `config`; events go to `recorder`.
-    pub fn new(config: GatewayConfig, recorder: Recorder) -> Result<Self, reqwest::Error> {
+    /// Builds the upstream clients for `config`; events go to `recorder`; worst-case
+    /// reservations and settled spend are priced with `catalog`.
+    pub fn new(config: GatewayConfig, recorder: Recorder, catalog: PriceCatalog) -> Result<Self, reqwest::Error> {
         let upstreams = Upstreams::new(&config)?;
         let instance = Arc::from(config.instance_id.as_str());
-        Ok(GatewayState { config, upstreams, recorder, instance })
+        let quota = Arc::new(QuotaBook::new(catalog));
+        Ok(GatewayState { config, upstreams, recorder, quota, instance })
     }
 }
 
@@ -42,6 +48,7 @@ impl GatewayState {
 pub fn app(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
@@ -49,6 +56,23 @@ pub fn app(state: Arc<GatewayState>) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
+}
+
+/// Ready once the quota decisions present at start-up are applied and the recorder can
+/// take events; a load balancer should send traffic only then.
+async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
+    let mut problems = Vec::new();
+    if !state.quota.caught_up() {
+        problems.push("quota decisions are still being read");
+    }
+    if !state.recorder.accepting() {
+        problems.push("the recording spool is full");
+    }
+    if problems.is_empty() {
+        (axum::http::StatusCode::OK, "ready").into_response()
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response()
+    }
 }
 
 async fn chat_completions(State(state): State<Arc<GatewayState>>, request: Request) -> Response {

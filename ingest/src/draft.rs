@@ -10,13 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tollgate_schemas::pricing::PriceCatalog;
 use tollgate_schemas::{
-    Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, ModelCall, Outcome, OutcomeStatus, Principal,
-    SCHEMA_VERSION, Timing, TraceContext, Usage,
+    Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, ModelCall, Nanodollars, Outcome, OutcomeStatus,
+    Principal, SCHEMA_VERSION, Timing, TraceContext, Usage,
 };
 use uuid::Uuid;
 
 use crate::config::CaptureMode;
+use crate::quota::Admission;
 use crate::recorder::Recorder;
 
 /// Micros in a duration, saturating.
@@ -81,6 +83,8 @@ pub struct Draft {
     /// Time spent waiting on upstreams or sleeping between retries: not gateway overhead.
     pub waited: Duration,
     pub trace: TraceContext,
+    /// The budget reservation, settled to the actual cost when the call is recorded.
+    pub quota: Option<(Admission, Arc<PriceCatalog>)>,
 }
 
 /// How a call ended.
@@ -150,6 +154,7 @@ impl Draft {
             fallback_used: false,
             waited: Duration::ZERO,
             trace,
+            quota: None,
         }
     }
 
@@ -169,6 +174,13 @@ impl Draft {
     /// Records the call with `ending` and what was sent back, consuming the draft.
     pub fn finish(self, ending: Ending, response: ResponseTap) {
         let duration = self.started.elapsed();
+        let actual_cost = self.quota.as_ref().map(|(_, catalog)| {
+            let model = self.routed_model.as_deref().or(ending.response_model.as_deref()).unwrap_or_default();
+            self.provider
+                .as_deref()
+                .and_then(|provider| catalog.model(provider, model))
+                .map_or(Nanodollars::ZERO, |price| price.cost(&ending.usage).total)
+        });
         let response_sha256 = response.hasher.map(|hasher| hex::encode(hasher.finalize()));
         let response_text = response.text.and_then(|text| capture_text(response.mode, &text));
         let captured = self.request_text.map(|(request, request_redacted)| {
@@ -219,7 +231,10 @@ impl Draft {
             },
             trace: Some(self.trace),
         };
-        self.recorder.record(&interaction);
+        let receipt = self.recorder.record(&interaction);
+        if let (Some((admission, _)), Some(cost)) = (self.quota, actual_cost) {
+            admission.settle(cost, receipt);
+        }
     }
 }
 

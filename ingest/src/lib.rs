@@ -15,7 +15,8 @@
 //! [`breaker`] (pooled clients and circuit breakers per upstream), [`stream`] and [`sse`]
 //! (metering event streams without changing them), [`usage`] (provider usage and the
 //! tokenizer fallback), [`draft`] (one call's facts, recorded once), [`recorder`]
-//! (publishing, spooling, draining), and [`app`] (the router). [`simulator`] is a provider
+//! (publishing, spooling, draining), [`quota`] (live budget decisions with in-flight
+//! reservations), and [`app`] (the router). [`simulator`] is a provider
 //! that speaks the OpenAI and Anthropic wire formats, for tests and demos.
 
 pub mod app;
@@ -25,6 +26,7 @@ pub mod draft;
 pub mod error;
 pub mod keys;
 pub mod proxy;
+pub mod quota;
 pub mod recorder;
 pub mod request;
 pub mod simulator;

@@ -248,7 +248,38 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         return refuse(draft, dialect, error, OutcomeStatus::InvalidRequest);
     }
 
+    let worst_case = || worst_case_cost(&state, &targets, &parsed);
+    match state.quota.admit(&key.principal, worst_case, tollgate_schemas::now_unix_micros()) {
+        Ok(admission) => draft.quota = Some((admission, state.quota.catalog())),
+        Err(refusal) => {
+            tracing::info!(subject = %refusal.subject, budget = %refusal.budget_id, "request refused by budget");
+            let error = ApiError::new(ErrorClass::BudgetExceeded, refusal.message).with_code("budget_exceeded");
+            return refuse(draft, dialect, error, OutcomeStatus::BlockedByBudget);
+        }
+    }
+
     forward(&state, endpoint, &parts.headers, parsed, &targets, draft).await
+}
+
+/// Output tokens assumed for a request that sets no limit, for a model whose catalog
+/// entry gives no maximum.
+const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4_096;
+
+/// The most the call can cost at the dearest of its targets: its prompt's tokens and its
+/// output limit at catalog prices. Zero for models the catalog does not price.
+fn worst_case_cost(state: &GatewayState, targets: &[Target], parsed: &Parsed) -> tollgate_schemas::Nanodollars {
+    let catalog = state.quota.catalog();
+    let input_tokens = usage::count_tokens(&usage::prompt_text(&parsed.body));
+    targets
+        .iter()
+        .filter_map(|target| {
+            let upstream = state.upstreams.get(&target.upstream)?;
+            let price = catalog.model(&upstream.config.provider, &target.model)?;
+            let output = parsed.max_tokens.or(price.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+            Some(price.worst_case(input_tokens, output))
+        })
+        .max()
+        .unwrap_or_default()
 }
 
 fn is_json(content_type: &HeaderValue) -> bool {

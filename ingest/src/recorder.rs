@@ -30,6 +30,8 @@ use tollgate_eventlog::{EventLog, LogError, PendingAck};
 use tollgate_schemas::Interaction;
 use tollgate_schemas::topics::{INTERACTIONS, Keyed};
 
+use crate::quota::Receipt;
+
 /// The spool's one topic; one partition keeps every key's order.
 pub const SPOOL_TOPIC: &str = "tollgate.gateway-spool";
 const SPOOL_GROUP: &str = "gateway-spool-drainer";
@@ -160,18 +162,22 @@ impl Recorder {
         Ok(recorder)
     }
 
-    /// Records one interaction. Never waits on the log.
-    pub fn record(&self, interaction: &Interaction) {
+    /// Records one interaction. Never waits on the log. The receipt is filled with the
+    /// event's partition and offset once the log acknowledges it directly (it stays empty
+    /// for an event that went through the spool).
+    pub fn record(&self, interaction: &Interaction) -> Receipt {
+        let receipt = Receipt::default();
         let payload = match tollgate_schemas::encode(interaction) {
             Ok(payload) => payload,
             Err(error) => {
                 self.inner.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%error, interaction_id = %interaction.id, "interaction could not be encoded; dropped");
-                return;
+                return receipt;
             }
         };
         let key = interaction.message_key().into_bytes();
-        self.inner.submit(key, payload);
+        self.inner.submit(key, payload, Arc::clone(&receipt));
+        receipt
     }
 
     /// False while the spool is full and the policy is to fail closed.
@@ -227,11 +233,11 @@ impl Inner {
         held >= self.config.spool_max_events
     }
 
-    fn submit(self: &Arc<Self>, key: Vec<u8>, payload: Vec<u8>) {
+    fn submit(self: &Arc<Self>, key: Vec<u8>, payload: Vec<u8>, receipt: Receipt) {
         if !self.spooling.load(Ordering::Acquire) {
             match self.log.publish(INTERACTIONS, &key, &payload) {
                 Ok(pending) => {
-                    self.track(pending, key, payload);
+                    self.track(pending, key, payload, receipt);
                     return;
                 }
                 Err(error) => {
@@ -244,7 +250,7 @@ impl Inner {
     }
 
     /// Follows one direct publish until the log acknowledges it or gives up on it.
-    fn track(self: &Arc<Self>, pending: PendingAck, key: Vec<u8>, payload: Vec<u8>) {
+    fn track(self: &Arc<Self>, pending: PendingAck, key: Vec<u8>, payload: Vec<u8>, receipt: Receipt) {
         if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0
             && let Ok(mut last) = self.last_progress.lock()
         {
@@ -254,7 +260,8 @@ impl Inner {
         let inner = Arc::clone(self);
         self.runtime.spawn(async move {
             match pending.await {
-                Ok(_) => {
+                Ok(ack) => {
+                    let _ = receipt.set((ack.partition, ack.offset));
                     inner.acknowledged.fetch_add(1, Ordering::SeqCst);
                     if let Ok(mut last) = inner.last_progress.lock() {
                         *last = Instant::now();

@@ -9,6 +9,7 @@
 //! - the topic it travels on and its message key ([`topics`]);
 //! - for stored records, the Arrow schema and the conversion to and from a
 //!   `RecordBatch` ([`arrow`]), which the Parquet and query layers share;
+//! - the price catalog format and exact cost arithmetic ([`pricing`]);
 //! - a generated JSON Schema document (committed under `schemas/json/`) for consumers
 //!   that are not written in Rust.
 //!
@@ -28,6 +29,7 @@ mod governance;
 mod interaction;
 pub mod json_schema;
 mod priced;
+pub mod pricing;
 mod quota;
 pub mod topics;
 mod violation;

@@ -28,6 +28,11 @@ pub struct QuotaDecision {
     /// `budget - spent`; negative when overspent.
     pub remaining: Nanodollars,
     pub state: QuotaState,
+    /// Whether the budget is hard (requests are refused once it is reached) rather than
+    /// soft (a warning only). Between decisions a gateway refuses a hard budget's requests
+    /// once `spent` plus its own spend since `source_offsets` reaches `budget`.
+    #[serde(default)]
+    pub hard: bool,
     /// Monotonically increasing per subject.
     pub version: u64,
     /// For each input partition, the next offset not yet reflected in `spent`. A gateway

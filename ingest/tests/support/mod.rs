@@ -149,7 +149,13 @@ impl TestGateway {
             None => (None, RecorderConfig::default()),
         };
         let recorder = Recorder::start(Arc::clone(&log), spool, recorder_config).await.unwrap();
-        let state = Arc::new(GatewayState::new(config, recorder).unwrap());
+        let catalog = tollgate_schemas::pricing::PriceCatalog::shipped().unwrap();
+        let state = Arc::new(GatewayState::new(config, recorder, catalog).unwrap());
+        tokio::spawn(tollgate_ingest::quota::follow_forever(
+            Arc::clone(&log),
+            Arc::clone(&state.quota),
+            instance.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();

@@ -237,13 +237,24 @@ pub fn quota_decision() -> impl Strategy<Value = QuotaDecision> {
         text(),
         window(),
         (any::<i64>(), any::<i64>(), any::<i64>()),
-        prop_oneof![Just(QuotaState::Allow), Just(QuotaState::Warn), Just(QuotaState::Block)],
+        (prop_oneof![Just(QuotaState::Allow), Just(QuotaState::Warn), Just(QuotaState::Block)], any::<bool>()),
         any::<u64>(),
         vec(source_offset(), 0..4),
         option::of(text()),
     )
         .prop_map(
-            |(id, time, subject, budget_id, window, (budget, spent, remaining), state, version, offsets, reason)| {
+            |(
+                id,
+                time,
+                subject,
+                budget_id,
+                window,
+                (budget, spent, remaining),
+                (state, hard),
+                version,
+                offsets,
+                reason,
+            )| {
                 QuotaDecision {
                     schema_version: SCHEMA_VERSION,
                     id,
@@ -255,6 +266,7 @@ pub fn quota_decision() -> impl Strategy<Value = QuotaDecision> {
                     spent: Nanodollars(spent),
                     remaining: Nanodollars(remaining),
                     state,
+                    hard,
                     version,
                     source_offsets: offsets,
                     reason,

@@ -1,0 +1,343 @@
+//! Live budget enforcement: the latest quota decision per subject, plus this replica's own
+//! spend that the decisions do not reflect yet.
+//!
+//! The processor publishes a `QuotaDecision` per subject (org, team, user, key) on the
+//! compacted decisions topic. Every gateway replica reads that topic from the beginning
+//! with a consumer group of its own ([`follow`]) and keeps the newest version per subject
+//! in a [`QuotaBook`].
+//!
+//! A `block` decision refuses the subject's requests at once. Between decisions, for a hard
+//! budget, the replica adds to the decision's `spent` its own spend the decision has not
+//! seen: the cost of its recorded calls at or past the decision's source offsets, plus a
+//! reservation of each in-flight request's worst-case cost (prompt tokens and `max_tokens`
+//! at catalog prices). A request is admitted while that projection is below the budget and
+//! then reserves its own worst case, so a replica overshoots a budget by at most what it
+//! has in flight when the budget is reached. Reservations are settled to the actual cost
+//! when the call is recorded.
+//!
+//! A call whose event has no known log position yet (still being acknowledged, or held in
+//! the spool) counts until its position is known or, for spooled events, for
+//! [`UNPLACED_SPEND_TTL`], by which time a decision reflects it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use tollgate_eventlog::EventLog;
+use tollgate_schemas::pricing::PriceCatalog;
+use tollgate_schemas::topics::{DEAD_LETTER, INTERACTIONS, QUOTA_DECISIONS};
+use tollgate_schemas::{
+    DeadLetter, Nanodollars, Principal, QuotaDecision, QuotaState, SourceOffset, Subject, SubjectKind,
+};
+
+/// How long spend whose log position is unknown keeps counting.
+pub const UNPLACED_SPEND_TTL: Duration = Duration::from_secs(600);
+
+/// Where a recorded event landed on the interactions topic, once acknowledged.
+pub type Receipt = Arc<OnceLock<(i32, i64)>>;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub subject: Subject,
+    pub budget_id: String,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    decision: Option<QuotaDecision>,
+    /// Worst-case cost of admitted requests still in flight.
+    reserved: i64,
+    /// Recorded spend not (yet known to be) reflected in the decision.
+    unreflected: Vec<Spend>,
+}
+
+#[derive(Debug)]
+struct Spend {
+    cost: i64,
+    at: Instant,
+    receipt: Receipt,
+}
+
+/// Decisions and local spend per subject, shared by every request.
+#[derive(Debug)]
+pub struct QuotaBook {
+    catalog: RwLock<Arc<PriceCatalog>>,
+    ledgers: Mutex<HashMap<Subject, Ledger>>,
+    applied: AtomicU64,
+    rejected: AtomicU64,
+    /// Set once the decisions present at start-up have all been read.
+    caught_up: std::sync::atomic::AtomicBool,
+}
+
+/// An admitted request's reservation. Settle it with the actual cost; dropping it
+/// unsettled releases the reservation.
+#[derive(Debug)]
+pub struct Admission {
+    book: Arc<QuotaBook>,
+    subjects: Vec<Subject>,
+    reserved: i64,
+}
+
+/// The subjects a principal's spend counts toward, most specific first.
+pub fn subjects_of(principal: &Principal) -> Vec<Subject> {
+    let mut subjects = vec![Subject::new(SubjectKind::Key, principal.key_id.clone())];
+    if let Some(user) = &principal.user_id {
+        subjects.push(Subject::new(SubjectKind::User, user.clone()));
+    }
+    if let Some(team) = &principal.team_id {
+        subjects.push(Subject::new(SubjectKind::Team, team.clone()));
+    }
+    subjects.push(Subject::new(SubjectKind::Org, principal.org_id.clone()));
+    subjects
+}
+
+impl QuotaBook {
+    pub fn new(catalog: PriceCatalog) -> Self {
+        QuotaBook {
+            catalog: RwLock::new(Arc::new(catalog)),
+            ledgers: Mutex::new(HashMap::new()),
+            applied: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            caught_up: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether every decision that was on the topic at start-up has been applied. Until
+    /// then the gateway reports not ready (`/readyz`).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Marks the book as caught up (for a gateway that follows no decisions topic).
+    pub fn mark_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    pub fn catalog(&self) -> Arc<PriceCatalog> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Decisions applied and decisions rejected (undecodable, or not newer).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.applied.load(Ordering::Relaxed), self.rejected.load(Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Subject, Ledger>> {
+        self.ledgers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The decision in force for `subject`, if any.
+    pub fn decision(&self, subject: &Subject) -> Option<QuotaDecision> {
+        self.lock().get(subject).and_then(|ledger| ledger.decision.clone())
+    }
+
+    /// Admits a request of `principal` that may cost up to `worst_case()` (computed only
+    /// when a hard budget governs the principal), or says which budget refuses it.
+    pub fn admit(
+        self: &Arc<Self>,
+        principal: &Principal,
+        worst_case: impl FnOnce() -> Nanodollars,
+        now_unix_micros: i64,
+    ) -> Result<Admission, Refusal> {
+        let subjects = subjects_of(principal);
+        let mut ledgers = self.lock();
+        if ledgers.is_empty() {
+            return Ok(Admission { book: Arc::clone(self), subjects: Vec::new(), reserved: 0 });
+        }
+        let mut governed = Vec::new();
+        for subject in &subjects {
+            let Some(ledger) = ledgers.get(subject) else { continue };
+            let Some(decision) = &ledger.decision else { continue };
+            if decision.window.end_unix_micros.is_some_and(|end| now_unix_micros >= end) {
+                // The window is over; the processor's next decision opens the new one.
+                continue;
+            }
+            if decision.state == QuotaState::Block {
+                let reason = decision.reason.clone().unwrap_or_else(|| "the budget is exhausted".to_owned());
+                return Err(refusal(subject, decision, &reason));
+            }
+            if decision.hard {
+                let local: i64 = ledger.unreflected.iter().map(|spend| spend.cost).sum();
+                let projected = decision.spent.0.saturating_add(local).saturating_add(ledger.reserved);
+                if projected >= decision.budget.0 {
+                    let reason = format!(
+                        "spend including calls in progress ({}) has reached the budget ({})",
+                        Nanodollars(projected),
+                        decision.budget
+                    );
+                    return Err(refusal(subject, decision, &reason));
+                }
+            }
+            governed.push(subject.clone());
+        }
+        let reserved = if governed.is_empty() { 0 } else { worst_case().0 };
+        for subject in &governed {
+            if let Some(ledger) = ledgers.get_mut(subject) {
+                ledger.reserved = ledger.reserved.saturating_add(reserved);
+            }
+        }
+        Ok(Admission { book: Arc::clone(self), subjects: governed, reserved })
+    }
+
+    /// Applies a decision unless one with the same or a higher version is in force.
+    /// Returns whether it was applied.
+    pub fn apply(&self, decision: QuotaDecision) -> bool {
+        let mut ledgers = self.lock();
+        let ledger = ledgers.entry(decision.subject.clone()).or_default();
+        if ledger.decision.as_ref().is_some_and(|current| current.version >= decision.version) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let reflected_below: HashMap<i32, i64> = decision
+            .source_offsets
+            .iter()
+            .filter(|offset| offset.topic == INTERACTIONS)
+            .map(|offset| (offset.partition, offset.offset))
+            .collect();
+        ledger.unreflected.retain(|spend| match spend.receipt.get() {
+            Some((partition, offset)) => reflected_below.get(partition).is_none_or(|below| offset >= below),
+            None => spend.at.elapsed() < UNPLACED_SPEND_TTL,
+        });
+        ledger.decision = Some(decision);
+        self.applied.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+fn refusal(subject: &Subject, decision: &QuotaDecision, reason: &str) -> Refusal {
+    Refusal {
+        subject: subject.clone(),
+        budget_id: decision.budget_id.clone(),
+        message: format!(
+            "Budget '{}' for {} {} is exhausted ({} of {} USD spent this {}): {reason}.",
+            decision.budget_id,
+            subject.kind.as_str(),
+            subject.id,
+            decision.spent,
+            decision.budget,
+            decision.window.kind.as_str(),
+        ),
+    }
+}
+
+impl Admission {
+    /// Replaces the reservation with the call's actual cost, counted against every
+    /// governed subject until a decision reflects the event at `receipt`.
+    pub fn settle(mut self, actual: Nanodollars, receipt: Receipt) {
+        if self.subjects.is_empty() {
+            return;
+        }
+        let mut ledgers = self.book.lock();
+        for subject in &self.subjects {
+            if let Some(ledger) = ledgers.get_mut(subject) {
+                ledger.reserved = ledger.reserved.saturating_sub(self.reserved);
+                if actual.0 != 0 {
+                    ledger.unreflected.push(Spend {
+                        cost: actual.0,
+                        at: Instant::now(),
+                        receipt: Arc::clone(&receipt),
+                    });
+                }
+            }
+        }
+        self.reserved = 0;
+        self.subjects.clear();
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.reserved == 0 || self.subjects.is_empty() {
+            return;
+        }
+        let mut ledgers = self.book.lock();
+        for subject in &self.subjects {
+            if let Some(ledger) = ledgers.get_mut(subject) {
+                ledger.reserved = ledger.reserved.saturating_sub(self.reserved);
+            }
+        }
+    }
+}
+
+/// Follows the decisions topic from its beginning into `book`, until the log fails.
+/// Undecodable decisions go to the dead-letter topic with the reason.
+pub async fn follow(
+    log: Arc<dyn EventLog>,
+    book: Arc<QuotaBook>,
+    instance: &str,
+) -> Result<(), tollgate_eventlog::LogError> {
+    // A group of its own, never committed: every start reads the compacted topic whole.
+    let group = format!("{instance}-decisions-{}", uuid::Uuid::now_v7().simple());
+    let mut behind: HashMap<i32, i64> =
+        log.end_offsets(QUOTA_DECISIONS).await?.into_iter().filter(|(_, end)| *end > 0).collect();
+    let mut subscription = log.subscribe(&group, &[QUOTA_DECISIONS]).await?;
+    if behind.is_empty() {
+        book.mark_caught_up();
+    }
+    loop {
+        let record = subscription.next().await?;
+        if !behind.is_empty() {
+            if behind.get(&record.partition).is_some_and(|end| record.offset + 1 >= *end) {
+                behind.remove(&record.partition);
+            }
+            if behind.is_empty() {
+                book.mark_caught_up();
+                tracing::info!("quota decisions caught up");
+            }
+        }
+        match tollgate_schemas::decode::<QuotaDecision>(&record.payload) {
+            Ok(decision) => {
+                let subject = decision.subject.to_string();
+                let state = decision.state.as_str();
+                if book.apply(decision) {
+                    tracing::debug!(%subject, state, "quota decision applied");
+                }
+            }
+            Err(error) => {
+                book.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, partition = record.partition, offset = record.offset, "undecodable quota decision; dead-lettered");
+                let source =
+                    SourceOffset { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+                let letter = DeadLetter::new(
+                    source,
+                    group.clone(),
+                    record.key.as_deref(),
+                    &record.payload,
+                    error.dead_letter_reason(),
+                    error.to_string(),
+                );
+                publish_dead_letter(log.as_ref(), &letter);
+            }
+        }
+    }
+}
+
+fn publish_dead_letter(log: &dyn EventLog, letter: &DeadLetter) {
+    use tollgate_schemas::topics::Keyed as _;
+    let Ok(payload) = tollgate_schemas::encode(letter) else { return };
+    match log.publish(DEAD_LETTER, letter.message_key().as_bytes(), &payload) {
+        Ok(pending) => {
+            tokio::spawn(async move {
+                if let Err(error) = pending.await {
+                    tracing::error!(%error, "publishing a dead letter failed");
+                }
+            });
+        }
+        Err(error) => tracing::error!(%error, "publishing a dead letter failed"),
+    }
+}
+
+/// [`follow`], started again after a pause whenever the log fails.
+pub async fn follow_forever(log: Arc<dyn EventLog>, book: Arc<QuotaBook>, instance: String) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        if let Err(error) = follow(Arc::clone(&log), Arc::clone(&book), &instance).await {
+            tracing::warn!(%error, "following quota decisions failed; starting again");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
