@@ -102,7 +102,7 @@ async fn list_models(State(state): State<Arc<GatewayState>>, headers: HeaderMap)
         .config
         .models
         .iter()
-        .filter(|(name, _)| key.allowed_models.allows(name))
+        .filter(|(name, _)| key.may_use(name))
         .map(|(name, targets)| {
             let owned_by = targets
                 .first()

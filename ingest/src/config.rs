@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tollgate_schemas::Principal;
 
 use crate::keys::{KeyStore, ModelAllowList, VirtualKey};
+use crate::policy::{PiiMode, RateLimits};
 use crate::recorder::{FullSpoolPolicy, RecorderConfig};
 
 /// What kind of API an upstream speaks.
@@ -43,6 +44,29 @@ struct RawConfig {
     capture: RawCapture,
     #[serde(default)]
     recording: RawRecording,
+    #[serde(default)]
+    guard: RawGuard,
+    #[serde(default)]
+    teams: Vec<RawTeam>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    /// The prompt PII guard for keys and teams that set none: "off" (default), "redact"
+    /// or "block".
+    pii: Option<PiiMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    /// The `team` of the keys this applies to.
+    id: String,
+    /// Glob patterns of models the team's keys may use, on top of each key's own list.
+    allowed_models: Option<Vec<String>>,
+    /// The PII guard for the team's keys that set none.
+    pii_guard: Option<PiiMode>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +165,12 @@ struct RawKey {
     allowed_models: Option<Vec<String>>,
     /// Largest `max_tokens` a request may ask for.
     max_tokens: Option<u64>,
+    /// Requests per minute.
+    requests_per_minute: Option<u32>,
+    /// Tokens per minute (prompt tokens plus each request's output limit).
+    tokens_per_minute: Option<u32>,
+    /// The prompt PII guard for this key: "off", "redact" or "block".
+    pii_guard: Option<PiiMode>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +340,20 @@ impl GatewayConfig {
             models.insert(raw_model.name, targets);
         }
 
+        let global_pii = raw.guard.pii.unwrap_or_default();
+        let mut teams: HashMap<String, (Option<ModelAllowList>, Option<PiiMode>)> = HashMap::new();
+        for team in &raw.teams {
+            let allowed = team.allowed_models.as_ref().map(|patterns| {
+                ModelAllowList::only(patterns).unwrap_or_else(|problem| {
+                    problems.push(format!("team `{}`: {problem}", team.id));
+                    ModelAllowList::any()
+                })
+            });
+            if teams.insert(team.id.clone(), (allowed, team.pii_guard)).is_some() {
+                problems.push(format!("team `{}` is declared twice", team.id));
+            }
+        }
+
         let mut keys = KeyStore::default();
         let mut seen_key_ids = HashSet::new();
         let mut seen_hashes = HashSet::new();
@@ -338,9 +382,27 @@ impl GatewayConfig {
                 project_id: raw_key.project,
                 key_id: id,
             };
+            let team = principal.team_id.as_ref().and_then(|team| teams.get(team));
+            let key_id = principal.key_id.clone();
+            let mut per_minute = |name: &str, value: Option<u32>| match value {
+                Some(0) => {
+                    problems.push(format!("key `{key_id}`: {name} must be greater than zero"));
+                    None
+                }
+                other => other.and_then(std::num::NonZeroU32::new),
+            };
+            let requests = per_minute("requests_per_minute", raw_key.requests_per_minute);
+            let tokens = per_minute("tokens_per_minute", raw_key.tokens_per_minute);
             keys.insert(
                 &hash,
-                VirtualKey { principal, allowed_models, max_tokens_cap: raw_key.max_tokens, revoked: false },
+                VirtualKey {
+                    allowed_models,
+                    team_allowed_models: team.and_then(|(allowed, _)| allowed.clone()),
+                    max_tokens_cap: raw_key.max_tokens,
+                    pii_guard: raw_key.pii_guard.or(team.and_then(|(_, pii)| *pii)).unwrap_or(global_pii),
+                    rate_limits: RateLimits::per_minute(requests, tokens).map(std::sync::Arc::new),
+                    ..VirtualKey::new(principal)
+                },
             );
         }
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tollgate_schemas::Principal;
 
 use crate::error::{ApiError, ErrorClass};
+use crate::policy::{PiiMode, RateLimits};
 
 /// Lowercase hex SHA-256 of a key secret: the form in which keys are stored.
 pub fn hash_secret(secret: &str) -> String {
@@ -58,9 +59,35 @@ pub struct VirtualKey {
     /// Principal the key resolves to; `principal.key_id` is the key's id.
     pub principal: Principal,
     pub allowed_models: ModelAllowList,
+    /// The allow-list of the key's team, when the team has one: a model must pass both.
+    pub team_allowed_models: Option<ModelAllowList>,
     /// Largest `max_tokens` a request may ask for; larger requests are refused.
     pub max_tokens_cap: Option<u64>,
+    /// What the prompt PII guard does for this key (key setting, else team, else global).
+    pub pii_guard: PiiMode,
+    /// Requests and tokens per minute, shared by every request with this key.
+    pub rate_limits: Option<Arc<RateLimits>>,
     pub revoked: bool,
+}
+
+impl VirtualKey {
+    /// A key for `principal` with no limits and every model allowed.
+    pub fn new(principal: Principal) -> Self {
+        VirtualKey {
+            principal,
+            allowed_models: ModelAllowList::any(),
+            team_allowed_models: None,
+            max_tokens_cap: None,
+            pii_guard: PiiMode::Off,
+            rate_limits: None,
+            revoked: false,
+        }
+    }
+
+    /// Whether both the key's and its team's allow-lists admit `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.allowed_models.allows(model) && self.team_allowed_models.as_ref().is_none_or(|team| team.allows(model))
+    }
 }
 
 /// Virtual keys by the hash of their secret.
@@ -133,20 +160,14 @@ mod tests {
         store.insert(
             &hash_secret("tg-live-secret"),
             VirtualKey {
-                principal: principal("key_live"),
                 allowed_models: ModelAllowList::only(&["gpt-4o*".into(), "claude-*".into()]).unwrap(),
                 max_tokens_cap: Some(1024),
-                revoked: false,
+                ..VirtualKey::new(principal("key_live"))
             },
         );
         store.insert(
             &hash_secret("tg-old-secret"),
-            VirtualKey {
-                principal: principal("key_old"),
-                allowed_models: ModelAllowList::any(),
-                max_tokens_cap: None,
-                revoked: true,
-            },
+            VirtualKey { revoked: true, ..VirtualKey::new(principal("key_old")) },
         );
         store
     }

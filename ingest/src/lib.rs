@@ -9,7 +9,7 @@
 //! processor's and the query API's, built from the events this crate publishes.
 //!
 //! The parts: [`config`] (the validated configuration file), [`keys`] (virtual keys stored
-//! as SHA-256 hashes), [`request`] (provider request bodies parsed with unknown fields
+//! as SHA-256 hashes), [`policy`] (rate limits and the prompt PII guard), [`request`] (provider request bodies parsed with unknown fields
 //! kept), [`error`] (provider-style error bodies, so the official SDKs raise their own typed
 //! errors), [`proxy`] (the provider routes: checks, routing, forwarding), [`upstream`] and
 //! [`breaker`] (pooled clients and circuit breakers per upstream), [`stream`] and [`sse`]
@@ -25,6 +25,7 @@ pub mod config;
 pub mod draft;
 pub mod error;
 pub mod keys;
+pub mod policy;
 pub mod proxy;
 pub mod quota;
 pub mod recorder;

@@ -3,8 +3,10 @@
 //!
 //! Order of checks, each answered in the route's provider dialect: key (401), recording
 //! available (503 when the spool is full and the policy fails closed), content type
-//! (415), body size (413), body shape (400), model allow-list (403), `max_tokens` cap
-//! (400), known model (404). Nothing reaches an upstream until all of them pass.
+//! (415), body size (413), body shape (400), model allow-list of key and team (403),
+//! `max_tokens` cap (400), known model (404), PII guard (400 in block mode; redact mode
+//! rewrites the prompt), rate limits (429 with `Retry-After`), budgets (429). Nothing
+//! reaches an upstream until all of them pass.
 //!
 //! Routing tries the model's targets in order. On one target, connect errors, timeouts,
 //! 429 and 5xx are retried with exponential backoff and full jitter (`backon`), honouring
@@ -30,6 +32,7 @@ use crate::breaker::BreakerState;
 use crate::config::{Target, UpstreamKind};
 use crate::draft::{Draft, Ending, ResponseTap, trace_context};
 use crate::error::{ApiError, Dialect, ErrorClass};
+use crate::policy::{PiiMode, guard_prompt};
 use crate::request::{parse_chat_completion, parse_embeddings, parse_messages};
 use crate::stream::MeteredStream;
 use crate::upstream::{UpstreamClient, is_passed_back};
@@ -190,7 +193,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
     };
     draft.set_request(&bytes);
 
-    let parsed = match endpoint.parse(&bytes) {
+    let mut parsed = match endpoint.parse(&bytes) {
         Ok(parsed) => parsed,
         Err(error) => return refuse(draft, dialect, error, OutcomeStatus::InvalidRequest),
     };
@@ -198,7 +201,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
     draft.streaming = parsed.stream;
     draft.request_max_tokens = parsed.max_tokens;
 
-    if !key.allowed_models.allows(&parsed.model) {
+    if !key.may_use(&parsed.model) {
         let error = ApiError::new(
             ErrorClass::PermissionDenied,
             format!("The key '{}' may not use the model '{}'.", key.principal.key_id, parsed.model),
@@ -246,6 +249,48 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         let error = ApiError { param: Some("model".into()), ..ApiError::new(ErrorClass::NotFound, message) }
             .with_code("model_not_found");
         return refuse(draft, dialect, error, OutcomeStatus::InvalidRequest);
+    }
+
+    let guard = guard_prompt(&mut parsed.body, key.pii_guard);
+    if key.pii_guard == PiiMode::Block && !guard.kinds.is_empty() {
+        let kinds: Vec<&str> = guard.kinds.iter().map(|kind| kind.label()).collect();
+        let error = ApiError::invalid(
+            "messages",
+            format!(
+                "The request was blocked by policy: the prompt contains {} (found by the gateway's PII guard).",
+                kinds.join(", ")
+            ),
+        )
+        .with_code("pii_detected");
+        return refuse(draft, dialect, error, OutcomeStatus::BlockedByPolicy);
+    }
+    if guard.redacted {
+        tracing::debug!(kinds = ?guard.kinds, "PII redacted from the prompt");
+    }
+
+    if let Some(limits) = &key.rate_limits {
+        let tokens = || {
+            let prompt = usage::count_tokens(&usage::prompt_text(&parsed.body));
+            prompt.saturating_add(parsed.max_tokens.unwrap_or(0))
+        };
+        if let Err(over) = limits.check(tokens) {
+            let mut error = ApiError::new(ErrorClass::RateLimited, over.message).with_code("rate_limit_exceeded");
+            if over.retry_after.is_none() {
+                // It can never fit: a 429 would make SDKs retry in vain.
+                error = ApiError { class: ErrorClass::InvalidRequest, param: Some("max_tokens".into()), ..error };
+            }
+            let mut response = refuse(draft, dialect, error, OutcomeStatus::RateLimited);
+            if let Some(wait) = over.retry_after {
+                let headers = response.headers_mut();
+                if let Ok(value) = HeaderValue::from_str(&wait.as_secs().saturating_add(1).to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
+                if let Ok(value) = HeaderValue::from_str(&wait.as_millis().to_string()) {
+                    headers.insert("retry-after-ms", value);
+                }
+            }
+            return response;
+        }
     }
 
     let worst_case = || worst_case_cost(&state, &targets, &parsed);
