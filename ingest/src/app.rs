@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::config::GatewayConfig;
 use crate::error::{ApiError, Dialect, ErrorClass};
+use crate::metrics::GatewayMetrics;
 use crate::proxy::{Endpoint, handle};
 use crate::quota::QuotaBook;
 use crate::recorder::Recorder;
@@ -29,6 +30,7 @@ pub struct GatewayState {
     pub recorder: Recorder,
     /// Quota decisions in force and this replica's spend since them.
     pub quota: Arc<QuotaBook>,
+    pub metrics: GatewayMetrics,
     /// `config.instance_id`, shared by every recorded event.
     pub instance: Arc<str>,
 }
@@ -40,7 +42,8 @@ impl GatewayState {
         let upstreams = Upstreams::new(&config)?;
         let instance = Arc::from(config.instance_id.as_str());
         let quota = Arc::new(QuotaBook::new(catalog));
-        Ok(GatewayState { config, upstreams, recorder, quota, instance })
+        let metrics = GatewayMetrics::new(recorder.clone(), Arc::clone(&quota), upstreams.iter().cloned().collect());
+        Ok(GatewayState { config, upstreams, recorder, quota, metrics, instance })
     }
 }
 
@@ -49,6 +52,7 @@ pub fn app(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
@@ -73,6 +77,14 @@ async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
     } else {
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response()
     }
+}
+
+async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn chat_completions(State(state): State<Arc<GatewayState>>, request: Request) -> Response {

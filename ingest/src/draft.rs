@@ -17,9 +17,10 @@ use tollgate_schemas::{
 };
 use uuid::Uuid;
 
+use crate::app::GatewayState;
 use crate::config::CaptureMode;
+use crate::metrics::{RequestLabels, RouteLabels};
 use crate::quota::Admission;
-use crate::recorder::Recorder;
 
 /// Micros in a duration, saturating.
 pub fn micros(duration: Duration) -> u64 {
@@ -60,9 +61,8 @@ impl ResponseTap {
 /// One call in progress.
 #[derive(Debug)]
 pub struct Draft {
-    recorder: Recorder,
+    state: Arc<GatewayState>,
     capture: CaptureMode,
-    instance: Arc<str>,
     pub id: Uuid,
     pub started: Instant,
     time_unix_micros: i64,
@@ -120,11 +120,8 @@ impl Ending {
 }
 
 impl Draft {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        recorder: Recorder,
-        capture: CaptureMode,
-        instance: Arc<str>,
+        state: Arc<GatewayState>,
         started: Instant,
         principal: Principal,
         operation: GenAiOperation,
@@ -132,9 +129,8 @@ impl Draft {
         trace: TraceContext,
     ) -> Self {
         Draft {
-            recorder,
-            capture,
-            instance,
+            capture: state.config.capture,
+            state,
             id: Uuid::now_v7(),
             started,
             time_unix_micros: tollgate_schemas::now_unix_micros(),
@@ -195,7 +191,7 @@ impl Draft {
             schema_version: SCHEMA_VERSION,
             id: self.id,
             time_unix_micros: self.time_unix_micros,
-            gateway_instance: self.instance.to_string(),
+            gateway_instance: self.state.instance.to_string(),
             principal: self.principal,
             call: Call::ModelCall(ModelCall {
                 operation: self.operation,
@@ -231,7 +227,13 @@ impl Draft {
             },
             trace: Some(self.trace),
         };
-        let receipt = self.recorder.record(&interaction);
+        let metrics = &self.state.metrics;
+        metrics
+            .requests
+            .get_or_create(&RequestLabels { route: self.endpoint, outcome: interaction.outcome.status.as_str() })
+            .inc();
+        metrics.duration.get_or_create(&RouteLabels { route: self.endpoint }).observe(duration.as_secs_f64());
+        let receipt = self.state.recorder.record(&interaction);
         if let (Some((admission, _)), Some(cost)) = (self.quota, actual_cost) {
             admission.settle(cost, receipt);
         }

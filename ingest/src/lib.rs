@@ -16,7 +16,7 @@
 //! (metering event streams without changing them), [`usage`] (provider usage and the
 //! tokenizer fallback), [`draft`] (one call's facts, recorded once), [`recorder`]
 //! (publishing, spooling, draining), [`quota`] (live budget decisions with in-flight
-//! reservations), and [`app`] (the router). [`simulator`] is a provider
+//! reservations), [`metrics`] (Prometheus), and [`app`] (the router). [`simulator`] is a provider
 //! that speaks the OpenAI and Anthropic wire formats, for tests and demos.
 
 pub mod app;
@@ -25,6 +25,7 @@ pub mod config;
 pub mod draft;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod quota;

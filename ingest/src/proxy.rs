@@ -32,6 +32,7 @@ use crate::breaker::BreakerState;
 use crate::config::{Target, UpstreamKind};
 use crate::draft::{Draft, Ending, ResponseTap, trace_context};
 use crate::error::{ApiError, Dialect, ErrorClass};
+use crate::metrics::{AttemptLabels, RouteLabels};
 use crate::policy::{PiiMode, guard_prompt};
 use crate::request::{parse_chat_completion, parse_embeddings, parse_messages};
 use crate::stream::MeteredStream;
@@ -135,6 +136,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         Ok(key) => key,
         Err(error) => {
             tracing::info!(route = endpoint.path(), code = error.code, "request refused: no valid key");
+            state.metrics.unauthenticated.get_or_create(&RouteLabels { route: endpoint.path() }).inc();
             return error.into_response(dialect);
         }
     };
@@ -147,9 +149,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         return error.into_response(dialect);
     }
     let mut draft = Draft::new(
-        state.recorder.clone(),
-        state.config.capture,
-        Arc::clone(&state.instance),
+        Arc::clone(&state),
         started,
         key.principal.clone(),
         endpoint.operation(),
@@ -443,6 +443,22 @@ async fn forward(
             let attempt = attempt(upstream, endpoint, client_headers, &traceparent, body.clone(), parsed.stream).await;
             draft.waited += sent.elapsed();
             let healthy = !matches!(attempt, Attempt::Retry(_));
+            let result = match &attempt {
+                Attempt::Complete { status, .. } if status.is_success() => "ok",
+                Attempt::Stream(_) => "ok",
+                Attempt::Complete { .. } => "client_error",
+                Attempt::Retry(Failure::Status { status, .. }) if *status == StatusCode::TOO_MANY_REQUESTS => {
+                    "rate_limited"
+                }
+                Attempt::Retry(Failure::Status { .. }) => "server_error",
+                Attempt::Retry(Failure::Timeout) => "timeout",
+                Attempt::Retry(Failure::Unreachable(_)) => "unreachable",
+            };
+            state
+                .metrics
+                .upstream_attempts
+                .get_or_create(&AttemptLabels { upstream: upstream.config.name.clone(), result })
+                .inc();
             if let Some(change) = upstream.breaker.record(admission, healthy, Instant::now()) {
                 log_breaker_change(upstream, change);
             }

@@ -144,3 +144,47 @@ async fn events_survive_a_broker_outage_in_per_key_order() {
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_fails_closed_when_configured_to() {
+    // A broker address nothing listens on: nothing is ever acknowledged.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
+    kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
+    kafka.properties.insert("socket.connection.setup.timeout.ms".into(), "1000".into());
+    let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
+    let recording = RecorderConfig {
+        spool_after: Duration::from_millis(200),
+        spool_max_events: 5,
+        on_full_spool: tollgate_ingest::recorder::FullSpoolPolicy::FailClosed,
+    };
+    let gateway = TestGateway::start_with("", Some(log), Some((spool, recording))).await;
+    let client = http();
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let response = client
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(support::TEAM_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 503 {
+            let error: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "recording_unavailable", "{error}");
+        }
+        statuses.push(status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = gateway.state.recorder.stats();
+    assert!(stats.spooling, "{stats:?}");
+    assert_eq!(stats.spooled, 5, "the spool took what it holds: {stats:?}");
+    assert_eq!(stats.dropped, 0, "failing closed loses nothing: {stats:?}");
+    assert!(statuses.contains(&200) && statuses.ends_with(&[503, 503]), "{statuses:?}");
+    let ready = http().get(gateway.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+}

@@ -414,3 +414,38 @@ async fn an_open_breaker_sends_traffic_straight_to_the_fallback() {
     assert_eq!(by_id(&first).outcome.attempts, 3);
     assert_eq!((by_id(&second).outcome.attempts, by_id(&second).outcome.fallback_used), (1, true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_attempts_events_and_breakers() {
+    let gateway = TestGateway::start().await;
+    gateway.primary.fail_with(Some(StatusCode::INTERNAL_SERVER_ERROR));
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]});
+    let (status, _, _) = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), body.to_string().into_bytes()).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = post(&gateway, "/v1/chat/completions", None, body.to_string().into_bytes()).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), b"{".to_vec()).await;
+    assert_eq!(status, 400);
+    gateway.state.recorder.flush(Duration::from_secs(5)).await;
+
+    let response = http().get(gateway.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for line in [
+        r#"tollgate_gateway_requests_total{route="/v1/chat/completions",outcome="ok"} 1"#,
+        r#"tollgate_gateway_requests_total{route="/v1/chat/completions",outcome="invalid_request"} 1"#,
+        r#"tollgate_gateway_unauthenticated_requests_total{route="/v1/chat/completions"} 1"#,
+        r#"tollgate_gateway_upstream_attempts_total{upstream="primary",result="server_error"} 2"#,
+        r#"tollgate_gateway_upstream_attempts_total{upstream="backup",result="ok"} 1"#,
+        r#"tollgate_gateway_request_duration_seconds_count{route="/v1/chat/completions"} 2"#,
+        "tollgate_gateway_events_published_total 2",
+        "tollgate_gateway_events_acknowledged_total 2",
+        "tollgate_gateway_events_dropped_total 0",
+        "tollgate_gateway_spooling 0",
+        r#"tollgate_gateway_circuit_breaker_open{upstream="primary"} 0"#,
+    ] {
+        assert!(text.lines().any(|got| got == line), "missing `{line}` in:\n{text}");
+    }
+    let ready = http().get(gateway.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+}
