@@ -479,6 +479,15 @@ mod tests {
     }
 
     #[test]
+    fn the_simulated_example_is_valid_and_its_key_works() {
+        let text = include_str!("../../examples/gateway-simulated.toml");
+        let config = GatewayConfig::from_toml(text, &HashMap::new()).unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("authorization", axum::http::HeaderValue::from_static("Bearer tg-try-me"));
+        assert_eq!(config.keys.authenticate(&headers).unwrap().principal.key_id, "key_try");
+    }
+
+    #[test]
     fn defaults_and_targets() {
         let config = GatewayConfig::from_toml(
             r#"

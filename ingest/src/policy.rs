@@ -35,6 +35,8 @@ pub enum PiiMode {
 pub struct RateLimits {
     requests: Option<DefaultDirectRateLimiter>,
     tokens: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    /// Made once: creating a clock calibrates it, far too slow for every request.
+    clock: DefaultClock,
 }
 
 /// Why a request is over a rate limit.
@@ -56,6 +58,7 @@ impl RateLimits {
         Some(RateLimits {
             requests: requests.map(|limit| RateLimiter::direct(Quota::per_minute(limit))),
             tokens: tokens.map(|limit| (RateLimiter::direct(Quota::per_minute(limit)), limit)),
+            clock: DefaultClock::default(),
         })
     }
 
@@ -66,7 +69,7 @@ impl RateLimits {
     /// Takes one request of `tokens()` tokens from the buckets (tokens are counted only
     /// when a token limit is set), or says which limit refuses it.
     pub fn check(&self, tokens: impl FnOnce() -> u64) -> Result<(), OverLimit> {
-        let clock = DefaultClock::default();
+        let clock = &self.clock;
         if let Some(limiter) = &self.requests
             && let Err(not_until) = limiter.check()
         {

@@ -268,38 +268,42 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         tracing::debug!(kinds = ?guard.kinds, "PII redacted from the prompt");
     }
 
-    if let Some(limits) = &key.rate_limits {
-        let tokens = || {
-            let prompt = usage::count_tokens(&usage::prompt_text(&parsed.body));
-            prompt.saturating_add(parsed.max_tokens.unwrap_or(0))
-        };
-        if let Err(over) = limits.check(tokens) {
-            let mut error = ApiError::new(ErrorClass::RateLimited, over.message).with_code("rate_limit_exceeded");
-            if over.retry_after.is_none() {
-                // It can never fit: a 429 would make SDKs retry in vain.
-                error = ApiError { class: ErrorClass::InvalidRequest, param: Some("max_tokens".into()), ..error };
-            }
-            let mut response = refuse(draft, dialect, error, OutcomeStatus::RateLimited);
-            if let Some(wait) = over.retry_after {
-                let headers = response.headers_mut();
-                if let Ok(value) = HeaderValue::from_str(&wait.as_secs().saturating_add(1).to_string()) {
-                    headers.insert(header::RETRY_AFTER, value);
+    // Rate limits and budgets; the prompt's tokens are counted at most once, and only
+    // when a token limit or a hard budget needs them. (A block, so nothing here is held
+    // across the upstream call.)
+    {
+        let prompt_tokens = std::cell::OnceCell::new();
+        let count_prompt = || *prompt_tokens.get_or_init(|| usage::count_tokens(&usage::prompt_text(&parsed.body)));
+        if let Some(limits) = &key.rate_limits {
+            let tokens = || count_prompt().saturating_add(parsed.max_tokens.unwrap_or(0));
+            if let Err(over) = limits.check(tokens) {
+                let mut error = ApiError::new(ErrorClass::RateLimited, over.message).with_code("rate_limit_exceeded");
+                if over.retry_after.is_none() {
+                    // It can never fit: a 429 would make SDKs retry in vain.
+                    error = ApiError { class: ErrorClass::InvalidRequest, param: Some("max_tokens".into()), ..error };
                 }
-                if let Ok(value) = HeaderValue::from_str(&wait.as_millis().to_string()) {
-                    headers.insert("retry-after-ms", value);
+                let mut response = refuse(draft, dialect, error, OutcomeStatus::RateLimited);
+                if let Some(wait) = over.retry_after {
+                    let headers = response.headers_mut();
+                    if let Ok(value) = HeaderValue::from_str(&wait.as_secs().saturating_add(1).to_string()) {
+                        headers.insert(header::RETRY_AFTER, value);
+                    }
+                    if let Ok(value) = HeaderValue::from_str(&wait.as_millis().to_string()) {
+                        headers.insert("retry-after-ms", value);
+                    }
                 }
+                return response;
             }
-            return response;
         }
-    }
 
-    let worst_case = || worst_case_cost(&state, &targets, &parsed);
-    match state.quota.admit(&key.principal, worst_case, tollgate_schemas::now_unix_micros()) {
-        Ok(admission) => draft.quota = Some((admission, state.quota.catalog())),
-        Err(refusal) => {
-            tracing::info!(subject = %refusal.subject, budget = %refusal.budget_id, "request refused by budget");
-            let error = ApiError::new(ErrorClass::BudgetExceeded, refusal.message).with_code("budget_exceeded");
-            return refuse(draft, dialect, error, OutcomeStatus::BlockedByBudget);
+        let worst_case = || worst_case_cost(&state, &targets, &parsed, count_prompt());
+        match state.quota.admit(&key.principal, worst_case, tollgate_schemas::now_unix_micros()) {
+            Ok(admission) => draft.quota = Some((admission, state.quota.catalog())),
+            Err(refusal) => {
+                tracing::info!(subject = %refusal.subject, budget = %refusal.budget_id, "request refused by budget");
+                let error = ApiError::new(ErrorClass::BudgetExceeded, refusal.message).with_code("budget_exceeded");
+                return refuse(draft, dialect, error, OutcomeStatus::BlockedByBudget);
+            }
         }
     }
 
@@ -312,9 +316,13 @@ const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4_096;
 
 /// The most the call can cost at the dearest of its targets: its prompt's tokens and its
 /// output limit at catalog prices. Zero for models the catalog does not price.
-fn worst_case_cost(state: &GatewayState, targets: &[Target], parsed: &Parsed) -> tollgate_schemas::Nanodollars {
+fn worst_case_cost(
+    state: &GatewayState,
+    targets: &[Target],
+    parsed: &Parsed,
+    input_tokens: u64,
+) -> tollgate_schemas::Nanodollars {
     let catalog = state.quota.catalog();
-    let input_tokens = usage::count_tokens(&usage::prompt_text(&parsed.body));
     targets
         .iter()
         .filter_map(|target| {

@@ -34,8 +34,17 @@ use tollgate_schemas::{
 /// How long spend whose log position is unknown keeps counting.
 pub const UNPLACED_SPEND_TTL: Duration = Duration::from_secs(600);
 
-/// Where a recorded event landed on the interactions topic, once acknowledged.
-pub type Receipt = Arc<OnceLock<(i32, i64)>>;
+/// Where a recorded event went, once known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Acknowledged on the interactions topic at this partition and offset.
+    Logged { partition: i32, offset: i64 },
+    /// Held in the local spool; its final position is not tracked.
+    Spooled,
+}
+
+/// Filled with the event's [`Placement`] by the recorder.
+pub type Receipt = Arc<OnceLock<Placement>>;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +60,24 @@ struct Ledger {
     /// Worst-case cost of admitted requests still in flight.
     reserved: i64,
     /// Recorded spend not (yet known to be) reflected in the decision.
-    unreflected: Vec<Spend>,
+    unreflected: Unreflected,
+}
+
+/// Spend the decision in force may not reflect, with its running total. Spend whose log
+/// position is known is kept in per-partition buckets of consecutive events, so memory
+/// stays small however long a decision stays in force: a new decision drops the buckets
+/// wholly below its watermark and keeps a bucket that straddles it (a brief, cautious
+/// overcount that the next decision corrects).
+#[derive(Debug, Default)]
+struct Unreflected {
+    total: i64,
+    /// Spend whose event has no known position yet, oldest first.
+    unplaced: std::collections::VecDeque<Spend>,
+    /// Placed spend by partition, in the order it was placed.
+    placed: HashMap<i32, Vec<Bucket>>,
+    /// Spooled spend by the second it was spooled, oldest first; counted until
+    /// [`UNPLACED_SPEND_TTL`] has passed, by when a decision reflects it.
+    spooled: std::collections::VecDeque<(Instant, i64)>,
 }
 
 #[derive(Debug)]
@@ -59,6 +85,112 @@ struct Spend {
     cost: i64,
     at: Instant,
     receipt: Receipt,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    min_offset: i64,
+    max_offset: i64,
+    cost: i64,
+    events: u32,
+}
+
+/// Events per bucket of placed spend.
+const BUCKET_EVENTS: u32 = 1024;
+
+impl Unreflected {
+    fn push(&mut self, spend: Spend) {
+        self.total = self.total.saturating_add(spend.cost);
+        self.unplaced.push_back(spend);
+        self.place();
+    }
+
+    /// Moves spend whose placement became known out of the unplaced queue, and forgets
+    /// spend older than [`UNPLACED_SPEND_TTL`] that was never logged directly.
+    fn place(&mut self) {
+        while let Some(front) = self.unplaced.front() {
+            if front.receipt.get().is_none() && front.at.elapsed() < UNPLACED_SPEND_TTL {
+                break;
+            }
+            if let Some(spend) = self.unplaced.pop_front() {
+                self.file(spend);
+            }
+        }
+        // An event acknowledged out of order behind a slow one: sweep the whole queue
+        // now and then (amortized constant time per event).
+        let waiting = self.unplaced.len();
+        if waiting >= 1024 && waiting.is_power_of_two() {
+            let mut still_waiting = std::collections::VecDeque::with_capacity(waiting);
+            while let Some(spend) = self.unplaced.pop_front() {
+                if spend.receipt.get().is_none() && spend.at.elapsed() < UNPLACED_SPEND_TTL {
+                    still_waiting.push_back(spend);
+                } else {
+                    self.file(spend);
+                }
+            }
+            self.unplaced = still_waiting;
+        }
+        while let Some(&(at, cost)) = self.spooled.front() {
+            if at.elapsed() < UNPLACED_SPEND_TTL {
+                break;
+            }
+            self.total = self.total.saturating_sub(cost);
+            self.spooled.pop_front();
+        }
+    }
+
+    /// Files one spend that has left the unplaced queue.
+    fn file(&mut self, spend: Spend) {
+        match spend.receipt.get() {
+            Some(&Placement::Logged { partition, offset }) => {
+                let buckets = self.placed.entry(partition).or_default();
+                match buckets.last_mut() {
+                    Some(bucket) if bucket.events < BUCKET_EVENTS => {
+                        bucket.min_offset = bucket.min_offset.min(offset);
+                        bucket.max_offset = bucket.max_offset.max(offset);
+                        bucket.cost = bucket.cost.saturating_add(spend.cost);
+                        bucket.events += 1;
+                    }
+                    _ => buckets.push(Bucket { min_offset: offset, max_offset: offset, cost: spend.cost, events: 1 }),
+                }
+            }
+            Some(Placement::Spooled) => match self.spooled.back_mut() {
+                Some((second, cost)) if second.elapsed() < Duration::from_secs(1) => {
+                    *cost = cost.saturating_add(spend.cost);
+                }
+                _ => self.spooled.push_back((spend.at, spend.cost)),
+            },
+            None => self.total = self.total.saturating_sub(spend.cost),
+        }
+    }
+
+    /// Drops what a decision with these watermarks (next unreflected offset per
+    /// partition of the interactions topic) reflects.
+    fn reflect(&mut self, reflected_below: &HashMap<i32, i64>) {
+        self.place();
+        let mut dropped = 0i64;
+        for (partition, buckets) in &mut self.placed {
+            let Some(below) = reflected_below.get(partition) else { continue };
+            buckets.retain(|bucket| {
+                let reflected = bucket.max_offset < *below;
+                if reflected {
+                    dropped = dropped.saturating_add(bucket.cost);
+                }
+                !reflected
+            });
+        }
+        self.unplaced.retain(|spend| match spend.receipt.get() {
+            Some(Placement::Logged { partition, offset }) => {
+                let reflected = reflected_below.get(partition).is_some_and(|below| offset < below);
+                if reflected {
+                    dropped = dropped.saturating_add(spend.cost);
+                }
+                !reflected
+            }
+            Some(Placement::Spooled) | None => true,
+        });
+        self.total = self.total.saturating_sub(dropped);
+    }
 }
 
 /// Decisions and local spend per subject, shared by every request.
@@ -160,7 +292,7 @@ impl QuotaBook {
                 return Err(refusal(subject, decision, &reason));
             }
             if decision.hard {
-                let local: i64 = ledger.unreflected.iter().map(|spend| spend.cost).sum();
+                let local = ledger.unreflected.total;
                 let projected = decision.spent.0.saturating_add(local).saturating_add(ledger.reserved);
                 if projected >= decision.budget.0 {
                     let reason = format!(
@@ -197,10 +329,7 @@ impl QuotaBook {
             .filter(|offset| offset.topic == INTERACTIONS)
             .map(|offset| (offset.partition, offset.offset))
             .collect();
-        ledger.unreflected.retain(|spend| match spend.receipt.get() {
-            Some((partition, offset)) => reflected_below.get(partition).is_none_or(|below| offset >= below),
-            None => spend.at.elapsed() < UNPLACED_SPEND_TTL,
-        });
+        ledger.unreflected.reflect(&reflected_below);
         ledger.decision = Some(decision);
         self.applied.fetch_add(1, Ordering::Relaxed);
         true
@@ -339,5 +468,97 @@ pub async fn follow_forever(log: Arc<dyn EventLog>, book: Arc<QuotaBook>, instan
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_schemas::{BudgetWindow, SCHEMA_VERSION, WindowKind};
+
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            org_id: "acme".into(),
+            team_id: Some("research".into()),
+            user_id: None,
+            project_id: None,
+            key_id: "key_a".into(),
+        }
+    }
+
+    fn decision(version: u64, budget: i64, spent: i64, watermark: Option<i64>) -> QuotaDecision {
+        QuotaDecision {
+            schema_version: SCHEMA_VERSION,
+            id: uuid::Uuid::now_v7(),
+            time_unix_micros: 0,
+            subject: Subject::new(SubjectKind::Team, "research"),
+            budget_id: "b".into(),
+            window: BudgetWindow { kind: WindowKind::Lifetime, start_unix_micros: 0, end_unix_micros: None },
+            budget: Nanodollars(budget),
+            spent: Nanodollars(spent),
+            remaining: Nanodollars(budget - spent),
+            state: QuotaState::Allow,
+            hard: true,
+            version,
+            source_offsets: watermark
+                .map(|offset| SourceOffset { topic: INTERACTIONS.into(), partition: 0, offset })
+                .into_iter()
+                .collect(),
+            reason: None,
+        }
+    }
+
+    fn spend(book: &Arc<QuotaBook>, cost: i64, offset: i64) {
+        let admission = book.admit(&principal(), || Nanodollars(500), 0).unwrap();
+        let receipt = Receipt::default();
+        let _ = receipt.set(Placement::Logged { partition: 0, offset });
+        admission.settle(Nanodollars(cost), receipt);
+    }
+
+    fn local_total(book: &QuotaBook) -> i64 {
+        book.lock()[&Subject::new(SubjectKind::Team, "research")].unreflected.total
+    }
+
+    #[test]
+    fn local_spend_counts_until_a_decision_reflects_it() {
+        let book =
+            Arc::new(QuotaBook::new(PriceCatalog::from_toml("version = \"t\"\neffective_from = \"x\"\n").unwrap()));
+        assert!(book.apply(decision(1, 1_000, 0, None)));
+        for offset in 10..13 {
+            spend(&book, 100, offset);
+        }
+        assert_eq!(local_total(&book), 300);
+        // The processor has seen offsets below 12: the bucket holding 10..=12 straddles
+        // the watermark and is kept whole (counted cautiously) ...
+        assert!(book.apply(decision(2, 1_000, 200, Some(12))));
+        assert_eq!(local_total(&book), 300);
+        // ... until a decision covers all of it.
+        assert!(book.apply(decision(3, 1_000, 300, Some(13))));
+        assert_eq!(local_total(&book), 0);
+        assert!(!book.apply(decision(3, 1_000, 0, None)), "not newer");
+    }
+
+    #[test]
+    fn reservations_and_local_spend_stop_admission_at_the_budget() {
+        let book =
+            Arc::new(QuotaBook::new(PriceCatalog::from_toml("version = \"t\"\neffective_from = \"x\"\n").unwrap()));
+        book.apply(decision(1, 1_000, 400, None));
+        let first = book.admit(&principal(), || Nanodollars(300), 0).unwrap();
+        let second = book.admit(&principal(), || Nanodollars(300), 0).unwrap();
+        // 400 spent + 600 reserved reaches the budget of 1000.
+        let refused = book.admit(&principal(), || Nanodollars(1), 0).unwrap_err();
+        assert_eq!(refused.subject, Subject::new(SubjectKind::Team, "research"));
+        drop(first);
+        let receipt = Receipt::default();
+        let _ = receipt.set(Placement::Spooled);
+        second.settle(Nanodollars(50), receipt);
+        // 400 + 50 settled: room again.
+        assert!(book.admit(&principal(), || Nanodollars(1), 0).is_ok());
+        // A block decision refuses outright.
+        let mut block = decision(2, 1_000, 1_000, None);
+        block.state = QuotaState::Block;
+        book.apply(block);
+        assert!(book.admit(&principal(), || Nanodollars(0), 0).is_err());
     }
 }

@@ -30,7 +30,7 @@ use tollgate_eventlog::{EventLog, LogError, PendingAck};
 use tollgate_schemas::Interaction;
 use tollgate_schemas::topics::{INTERACTIONS, Keyed};
 
-use crate::quota::Receipt;
+use crate::quota::{Placement, Receipt};
 
 /// The spool's one topic; one partition keeps every key's order.
 pub const SPOOL_TOPIC: &str = "tollgate.gateway-spool";
@@ -247,6 +247,7 @@ impl Inner {
             }
         }
         self.append_to_spool(&key, &payload);
+        let _ = receipt.set(Placement::Spooled);
     }
 
     /// Follows one direct publish until the log acknowledges it or gives up on it.
@@ -261,7 +262,7 @@ impl Inner {
         self.runtime.spawn(async move {
             match pending.await {
                 Ok(ack) => {
-                    let _ = receipt.set((ack.partition, ack.offset));
+                    let _ = receipt.set(Placement::Logged { partition: ack.partition, offset: ack.offset });
                     inner.acknowledged.fetch_add(1, Ordering::SeqCst);
                     if let Ok(mut last) = inner.last_progress.lock() {
                         *last = Instant::now();
@@ -271,6 +272,7 @@ impl Inner {
                     tracing::warn!(%error, "the log failed an interaction; switching to the spool");
                     inner.start_spooling();
                     inner.append_to_spool(&key, &payload);
+                    let _ = receipt.set(Placement::Spooled);
                     inner.direct_failed.fetch_add(1, Ordering::SeqCst);
                 }
             }

@@ -100,6 +100,15 @@ async fn admit<T>(
 /// The models the simulator lists; it answers for any model name.
 const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5"];
 
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
 /// The simulator's routes, sharing `control`.
 pub fn router(control: Arc<SimulatorControl>) -> Router {
     Router::new()
