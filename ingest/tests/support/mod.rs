@@ -207,12 +207,27 @@ impl TestGateway {
     pub async fn interactions(&self, expected: usize) -> Vec<Interaction> {
         read_interactions(self.log.as_ref(), &self.instance, expected).await
     }
+
+    /// [`TestGateway::interactions`], watching `quiet` for extra events instead of a second.
+    pub async fn interactions_then_quiet(&self, expected: usize, quiet: Duration) -> Vec<Interaction> {
+        read_interactions_then_quiet(self.log.as_ref(), &self.instance, expected, quiet).await
+    }
 }
 
 /// The interactions `instance` recorded on `log`, read from the beginning until
 /// `expected` arrived (failing after 20 seconds) and then for another moment, so an
 /// extra event would be seen too.
 pub async fn read_interactions(log: &dyn EventLog, instance: &str, expected: usize) -> Vec<Interaction> {
+    read_interactions_then_quiet(log, instance, expected, Duration::from_secs(1)).await
+}
+
+/// [`read_interactions`], watching `quiet` for extra events after the expected ones.
+pub async fn read_interactions_then_quiet(
+    log: &dyn EventLog,
+    instance: &str,
+    expected: usize,
+    quiet: Duration,
+) -> Vec<Interaction> {
     let group = tollgate_eventlog::testing::unique_name("reader");
     let mut subscription = log.subscribe(&group, &[INTERACTIONS]).await.unwrap();
     let mut events = Vec::new();
@@ -227,7 +242,7 @@ pub async fn read_interactions(log: &dyn EventLog, instance: &str, expected: usi
             events.push(event);
         }
     }
-    while let Ok(record) = tokio::time::timeout(Duration::from_millis(1_000), subscription.next()).await {
+    while let Ok(record) = tokio::time::timeout(quiet, subscription.next()).await {
         let event = tollgate_schemas::decode::<Interaction>(&record.unwrap().payload).unwrap();
         if event.gateway_instance == instance {
             events.push(event);
