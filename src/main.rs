@@ -127,11 +127,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let (log, spool): (Arc<dyn EventLog>, Option<Arc<dyn EventLog>>) = match &args.kafka_bootstrap_servers {
         Some(servers) => {
             let mut kafka = KafkaConfig::new(servers.clone());
-            // The recorder decides when to spool; the producer must never drop an event on
-            // a timeout of its own (see `tollgate_ingest::recorder`).
-            kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
-            // Quota decisions should reach the gateway promptly.
-            kafka.consumer_properties.insert("fetch.wait.max.ms".into(), "50".into());
+            tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
             kafka.client_id = config.instance_id.clone();
             let log = KafkaLog::connect(kafka).context("creating the Kafka clients")?;
             let spool = EmbeddedLog::open(EmbeddedLogConfig::new(&args.spool_dir))

@@ -185,8 +185,14 @@ fn main() {
 
     let (address, state) = runtime.block_on(async {
         let mut kafka = KafkaConfig::new(brokers);
-        kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
-        kafka.consumer_properties.insert("fetch.wait.max.ms".into(), "50".into());
+        // Extra librdkafka producer properties for experiments, as `name=value,name=value`.
+        if let Ok(extra) = std::env::var("TOLLGATE_BENCH_PRODUCER_PROPERTIES") {
+            for pair in extra.split(',').filter(|pair| !pair.is_empty()) {
+                let (name, value) = pair.split_once('=').expect("name=value");
+                kafka.producer_properties.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
         let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
         tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
         let recorder = Recorder::start(Arc::clone(&log), None, RecorderConfig::default()).await.unwrap();

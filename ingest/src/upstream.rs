@@ -23,12 +23,17 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Client headers passed on to an upstream of the given kind.
 const ANTHROPIC_PASSTHROUGH: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
+/// The paths the gateway forwards to, whose URLs are parsed once per upstream.
+const FORWARDED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages"];
+
 /// One configured upstream with its client and breaker.
 #[derive(Debug)]
 pub struct UpstreamClient {
     pub config: Upstream,
     pub client: reqwest::Client,
     pub breaker: CircuitBreaker,
+    /// `base_url` + path for each forwarded path, parsed at start-up.
+    urls: BTreeMap<&'static str, reqwest::Url>,
 }
 
 /// Every configured upstream by name.
@@ -51,7 +56,13 @@ impl Upstreams {
                 .build()?;
             let breaker =
                 CircuitBreaker::new(config.routing.breaker_failure_threshold, config.routing.breaker_cool_down);
-            by_name.insert(name.clone(), Arc::new(UpstreamClient { config: upstream.clone(), client, breaker }));
+            let urls = FORWARDED_PATHS
+                .into_iter()
+                .filter_map(|path| {
+                    reqwest::Url::parse(&format!("{}{path}", upstream.base_url)).ok().map(|url| (path, url))
+                })
+                .collect();
+            by_name.insert(name.clone(), Arc::new(UpstreamClient { config: upstream.clone(), client, breaker, urls }));
         }
         Ok(Upstreams { by_name })
     }
@@ -75,7 +86,14 @@ impl UpstreamClient {
         traceparent: Option<&str>,
         body: Vec<u8>,
     ) -> reqwest::RequestBuilder {
-        let url = format!("{}{path}", self.config.base_url);
+        let url = match self.urls.get(path) {
+            Some(url) => url.clone(),
+            None => match reqwest::Url::parse(&format!("{}{path}", self.config.base_url)) {
+                Ok(url) => url,
+                // The base URL was checked at start-up; keep the error for reqwest to report.
+                Err(_) => return self.client.post(format!("{}{path}", self.config.base_url)),
+            },
+        };
         let mut headers = HeaderMap::new();
         headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self.config.kind {

@@ -83,7 +83,7 @@ async fn events_survive_a_broker_outage_in_per_key_order() {
     wait_for_port(port).await;
 
     let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
-    kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
+    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
     kafka.producer_properties.insert("reconnect.backoff.max.ms".into(), "500".into());
     let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
     let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
@@ -150,7 +150,7 @@ async fn a_full_spool_fails_closed_when_configured_to() {
     // A broker address nothing listens on: nothing is ever acknowledged.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
-    kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
+    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
     kafka.properties.insert("socket.connection.setup.timeout.ms".into(), "1000".into());
     let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
     let spool_dir = tempfile::tempdir().unwrap();

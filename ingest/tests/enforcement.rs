@@ -78,8 +78,7 @@ async fn time_until(gateway: &TestGateway, secret: &str, wanted: u16) -> Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_decision_on_the_broker_stops_a_team_and_an_allow_lifts_it() {
     let mut kafka = KafkaConfig::new(required_env(KAFKA_BROKERS_ENV));
-    kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
-    kafka.consumer_properties.insert("fetch.wait.max.ms".into(), "50".into());
+    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
     let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
     let team = unique_name("team");
     let secret = format!("tg-{team}");

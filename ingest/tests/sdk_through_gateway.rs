@@ -24,7 +24,7 @@ const PYTHON_ENV: &str = "TOLLGATE_TEST_PYTHON";
 async fn official_sdks_through_the_gateway_with_every_call_on_the_broker() {
     let python = required_env(PYTHON_ENV);
     let mut kafka = KafkaConfig::new(required_env(KAFKA_BROKERS_ENV));
-    kafka.producer_properties.insert("message.timeout.ms".into(), "0".into());
+    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
     let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
 
     let (limited_address, limited) = simulator().await;
