@@ -69,18 +69,47 @@ struct GatewayArgs {
     /// `pricing/catalog.toml`). Default: the catalog built into this binary.
     #[arg(long, env = "TOLLGATE_PRICE_CATALOG")]
     price_catalog: Option<PathBuf>,
+    /// Async worker threads. Default: one per core but one (at least one).
+    #[arg(long, env = "TOLLGATE_GATEWAY_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Check the configuration, print a summary, and exit.
     #[arg(long)]
     validate: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    // RUST_LOG filters (default `info`); TOLLGATE_LOG_FORMAT=json writes one JSON object a
+    // line for log collectors.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|format| format == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let command = Cli::parse().command;
+    let workers = match &command {
+        Command::Gateway(args) => args.worker_threads,
+        _ => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.unwrap_or_else(default_worker_threads))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(command))
+}
+
+/// One worker thread per core but one, at least one: the spare core runs librdkafka's
+/// I/O threads and the kernel's network work. On two cores, one worker measured about half
+/// the added latency of two (`scripts/bench-gateway`, see BENCHMARKS.md) at the same
+/// throughput, because requests stop hopping between threads.
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1).max(1))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Schemas { out } => write_schemas(out),
         Command::Topics => {
             println!("{:<32} {:>10}  cleanup", "topic", "partitions");

@@ -4,7 +4,8 @@
 //! `scripts/bench-gateway` starts the pieces this program expects: a static nginx upstream
 //! that answers a canned chat completion (JSON at `/v1/chat/completions`, an event stream
 //! at `/sse/v1/chat/completions`) and a Kafka-API broker. This program runs the gateway
-//! in-process on two worker threads, configured with a virtual key, a model allow-list, a
+//! in-process with as many worker threads as `tollgate gateway` uses by default (one per
+//! core but one; `TOLLGATE_BENCH_WORKERS` overrides), configured with a virtual key, a model allow-list, a
 //! `max_tokens` cap, request and token rate limits (high enough never to refuse), the PII
 //! guard in redact mode, a hard budget decision in force (so every request pays for its
 //! worst-case reservation), digests of every request and response, and one event per
@@ -139,7 +140,12 @@ fn main() {
     let upstream = env("TOLLGATE_BENCH_UPSTREAM");
     let brokers = env("TOLLGATE_TEST_KAFKA_BROKERS");
     let scripts = env("TOLLGATE_BENCH_SCRIPTS");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // The gateway's worker threads: as `tollgate gateway` chooses (one per core but one),
+    // or TOLLGATE_BENCH_WORKERS.
+    let default_workers = std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1).max(1));
+    let workers = std::env::var("TOLLGATE_BENCH_WORKERS").ok().and_then(|n| n.parse().ok()).unwrap_or(default_workers);
+    println!("gateway worker threads: {workers}");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
 
     let config_text = format!(
         r#"

@@ -38,6 +38,8 @@ pub struct SimulatorControl {
     delay_millis: AtomicU64,
     /// Requests received, failed ones included.
     requests: AtomicU64,
+    /// Headers of the last chat completion request, for tests of what the gateway sends.
+    last_headers: std::sync::Mutex<axum::http::HeaderMap>,
 }
 
 impl SimulatorControl {
@@ -51,6 +53,11 @@ impl SimulatorControl {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the last chat completion request received.
+    pub fn last_headers(&self) -> axum::http::HeaderMap {
+        self.last_headers.lock().map(|headers| headers.clone()).unwrap_or_default()
     }
 
     fn delay(&self) -> Duration {
@@ -173,7 +180,14 @@ fn sse_stream(events: Vec<Event>, delay: Duration) -> Response {
     Sse::new(stream).into_response()
 }
 
-async fn chat_completions(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(control): State<Arc<SimulatorControl>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Ok(mut last) = control.last_headers.lock() {
+        *last = headers;
+    }
     let request = match admit(&control, Dialect::OpenAi, &body, parse_chat_completion).await {
         Ok(request) => request,
         Err(response) => return response,

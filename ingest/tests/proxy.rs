@@ -449,3 +449,28 @@ async fn metrics_count_requests_attempts_events_and_breakers() {
     let ready = http().get(gateway.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_goes_upstream_with_the_gateway_as_parent_and_credentials_stay_home() {
+    let gateway = TestGateway::start().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = http()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(TEAM_KEY)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("tracestate", "vendor=opaque")
+        .json(&chat("hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let upstream = gateway.primary.last_headers();
+    let traceparent = upstream["traceparent"].to_str().unwrap().to_owned();
+    assert!(traceparent.starts_with(&format!("00-{trace_id}-")) && traceparent.ends_with("-01"), "{traceparent}");
+    assert!(!traceparent.contains("00f067aa0ba902b7"), "the gateway's own span is the parent upstream");
+    assert_eq!(upstream["tracestate"], "vendor=opaque");
+    assert!(upstream.get("authorization").is_none(), "the virtual key never goes upstream");
+    let events = gateway.interactions(1).await;
+    let trace = events[0].trace.as_ref().unwrap();
+    assert_eq!(trace.traceparent(), traceparent, "the event carries the span the upstream saw");
+}
