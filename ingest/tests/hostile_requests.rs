@@ -14,25 +14,9 @@ use axum::http::Request;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use support::{TEAM_KEY, TestGateway};
+use support::{TEAM_KEY, TestGateway, json_value};
 use tollgate_ingest::app::app;
 use tower::ServiceExt;
-
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        ".{0,12}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(3, 16, 4, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
-                .prop_map(|map| Value::Object(map.into_iter().collect())),
-        ]
-    })
-}
 
 /// A body: random bytes, random JSON, or a valid request with one field replaced.
 fn body() -> impl Strategy<Value = Vec<u8>> {

@@ -3,27 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
 
+mod support;
+
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use support::json_value;
 use tollgate_ingest::error::{ApiError, Dialect, ErrorClass};
 use tollgate_ingest::request::{parse_chat_completion, parse_embeddings, parse_messages};
-
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(Value::from),
-        ".{0,12}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 32, 5, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..5)
-                .prop_map(|map| Value::Object(map.into_iter().collect())),
-        ]
-    })
-}
 
 /// Every error a parser returns is a 400 whose bodies have the providers' layouts.
 fn check_error(error: &ApiError) -> Result<(), TestCaseError> {
