@@ -86,6 +86,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => {
                 let request = parse_chat_completion(bytes)?;
                 Parsed {
+                    original: Bytes::new(),
+                    changed: false,
                     body: request.body,
                     model: request.model,
                     stream: request.stream,
@@ -96,6 +98,8 @@ impl Endpoint {
             Endpoint::Embeddings => {
                 let request = parse_embeddings(bytes)?;
                 Parsed {
+                    original: Bytes::new(),
+                    changed: false,
                     body: request.body,
                     model: request.model,
                     stream: false,
@@ -106,6 +110,8 @@ impl Endpoint {
             Endpoint::Messages => {
                 let request = parse_messages(bytes)?;
                 Parsed {
+                    original: Bytes::new(),
+                    changed: false,
                     body: request.body,
                     model: request.model,
                     stream: request.stream,
@@ -120,6 +126,10 @@ impl Endpoint {
 /// What the handler needs of a parsed body, whatever the endpoint.
 #[derive(Debug)]
 struct Parsed {
+    /// The body as the client sent it, forwarded as is when nothing in it must change.
+    original: Bytes,
+    /// Whether `body` was changed after parsing (PII redaction), so `original` is stale.
+    changed: bool,
     body: Map<String, Value>,
     model: String,
     stream: bool,
@@ -194,7 +204,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
     draft.set_request(&bytes);
 
     let mut parsed = match endpoint.parse(&bytes) {
-        Ok(parsed) => parsed,
+        Ok(parsed) => Parsed { original: bytes.clone(), ..parsed },
         Err(error) => return refuse(draft, dialect, error, OutcomeStatus::InvalidRequest),
     };
     draft.request_model = parsed.model.clone();
@@ -265,6 +275,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         return refuse(draft, dialect, error, OutcomeStatus::BlockedByPolicy);
     }
     if guard.redacted {
+        parsed.changed = true;
         tracing::debug!(kinds = ?guard.kinds, "PII redacted from the prompt");
     }
 
@@ -428,7 +439,12 @@ async fn forward(
 
     'targets: for (index, target) in targets.iter().enumerate() {
         let Some(upstream) = state.upstreams.get(&target.upstream) else { continue };
-        let body = upstream_body(&parsed.body, &target.model, inject_usage);
+        let body = if target.model == parsed.model && !inject_usage && !parsed.changed {
+            // Nothing to change: the client's bytes go upstream untouched.
+            parsed.original.clone()
+        } else {
+            upstream_body(&parsed.body, &target.model, inject_usage)
+        };
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(routing.backoff_initial)
             .with_max_delay(routing.backoff_max)
@@ -592,7 +608,7 @@ async fn attempt(
     stream: bool,
 ) -> Attempt {
     let deadline = tokio::time::Instant::now() + upstream.config.request_timeout;
-    let request = upstream.post(endpoint.path(), client_headers, Some(traceparent), body.to_vec());
+    let request = upstream.post(endpoint.path(), client_headers, Some(traceparent), body);
     let response = match tokio::time::timeout_at(deadline, request.send()).await {
         Err(_elapsed) => return Attempt::Retry(Failure::Timeout),
         Ok(Err(error)) if error.is_timeout() => return Attempt::Retry(Failure::Timeout),

@@ -84,7 +84,7 @@ impl UpstreamClient {
         path: &str,
         client_headers: &HeaderMap,
         traceparent: Option<&str>,
-        body: Vec<u8>,
+        body: bytes::Bytes,
     ) -> reqwest::RequestBuilder {
         let url = match self.urls.get(path) {
             Some(url) => url.clone(),
