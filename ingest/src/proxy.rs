@@ -695,13 +695,29 @@ fn complete(
         Ending::new(OutcomeStatus::UpstreamError, Some(status.as_u16())).with_error("upstream_error", message)
     };
     if status.is_success() {
-        let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        ending.response_model = parsed.get("model").and_then(Value::as_str).map(str::to_owned);
-        let reported = parsed.get("usage").and_then(|usage| match dialect {
-            Dialect::OpenAi => usage::from_openai(usage),
-            Dialect::Anthropic => usage::from_anthropic(usage),
+        // Only the model and the usage are read; the rest of the answer is skipped
+        // without being built.
+        #[derive(serde::Deserialize)]
+        struct Metered {
+            model: Option<String>,
+            usage: Option<Value>,
+        }
+        let metered: Option<Metered> = serde_json::from_slice(&body).ok();
+        let (model, reported) = match metered {
+            Some(Metered { model, usage }) => (
+                model,
+                usage.as_ref().and_then(|usage| match dialect {
+                    Dialect::OpenAi => usage::from_openai(usage),
+                    Dialect::Anthropic => usage::from_anthropic(usage),
+                }),
+            ),
+            None => (None, None),
+        };
+        ending.response_model = model;
+        ending.usage = reported.unwrap_or_else(|| {
+            let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            estimate_complete(request_body, &parsed)
         });
-        ending.usage = reported.unwrap_or_else(|| estimate_complete(request_body, &parsed));
     }
     let mut tap = ResponseTap::new(draft.capture());
     tap.sent(&body);

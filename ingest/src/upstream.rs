@@ -52,6 +52,9 @@ impl Upstreams {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .pool_max_idle_per_host(256)
                 .tcp_nodelay(true)
+                // A provider API does not redirect; following one could carry the
+                // gateway's credential elsewhere.
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
                 .build()?;
             let breaker =
