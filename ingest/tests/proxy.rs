@@ -474,3 +474,46 @@ async fn the_trace_context_goes_upstream_with_the_gateway_as_parent_and_credenti
     let trace = events[0].trace.as_ref().unwrap();
     assert_eq!(trace.traceparent(), traceparent, "the event carries the span the upstream saw");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_capture_follows_the_configured_mode() {
+    let sha256 = |bytes: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    let request = chat("Write to jane.doe@example.com about the invoice").to_string();
+    for mode in ["off", "digests", "full", "redacted"] {
+        let gateway = TestGateway::start_with(&format!("[capture]\nmode = \"{mode}\"\n"), None, None).await;
+        let response = http()
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(TEAM_KEY)
+            .header("content-type", "application/json")
+            .body(request.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let received = response.bytes().await.unwrap();
+        let events = gateway.interactions(1).await;
+        let content = &events[0].content;
+        assert_eq!(content.request_bytes, request.len() as u64, "{mode}: sizes are always kept");
+        assert_eq!(content.response_bytes, received.len() as u64, "{mode}");
+        if mode == "off" {
+            assert_eq!((&content.request_sha256, &content.response_sha256), (&None, &None));
+        } else {
+            assert_eq!(content.request_sha256.as_deref(), Some(sha256(request.as_bytes()).as_str()), "{mode}");
+            assert_eq!(content.response_sha256.as_deref(), Some(sha256(&received).as_str()), "{mode}");
+        }
+        match mode {
+            "off" | "digests" => assert!(content.captured.is_none(), "{mode}"),
+            "full" => {
+                let captured = content.captured.as_ref().unwrap();
+                assert_eq!((captured.request.as_str(), captured.redacted), (request.as_str(), false));
+                assert_eq!(captured.response.as_deref().map(str::as_bytes), Some(&received[..]));
+            }
+            _ => {
+                let captured = content.captured.as_ref().unwrap();
+                assert!(captured.redacted, "{captured:?}");
+                assert!(!captured.request.contains("jane.doe") && captured.request.contains("[REDACTED:email]"));
+                assert!(!captured.response.as_ref().unwrap().contains("jane.doe"), "the echoed reply is redacted too");
+            }
+        }
+    }
+}
