@@ -112,6 +112,10 @@ impl KafkaLog {
 
 #[async_trait::async_trait]
 impl EventLog for KafkaLog {
+    fn abandon_unacknowledged(&self) {
+        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
     async fn ensure_topic(&self, name: &str, partitions: i32, compacted: bool) -> Result<(), LogError> {
         let cleanup_policy = if compacted { "compact" } else { "delete" };
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(self.config.replication_factor))

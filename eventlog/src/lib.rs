@@ -104,6 +104,14 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// The next offset that would be written in each partition of `topic`.
     async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, LogError>;
+
+    /// Gives up on every published event not yet acknowledged: their [`PendingAck`]s
+    /// resolve with an error soon after, so the publisher can keep them elsewhere (the
+    /// gateway's spool at shutdown during an outage). An event already sent may still
+    /// have been stored, so keeping it elsewhere can make a duplicate, which consumers
+    /// drop by event id. The embedded log acknowledges everything it accepted, so for it
+    /// this does nothing.
+    fn abandon_unacknowledged(&self) {}
 }
 
 /// A consumer-group member. Dropping it leaves the group.

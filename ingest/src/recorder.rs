@@ -224,9 +224,18 @@ impl Recorder {
         }
     }
 
-    /// Stops the background tasks after a final [`Recorder::flush`].
+    /// Stops the background tasks after a final [`Recorder::flush`]. Events the log has
+    /// still not acknowledged by then are taken back from it and written to the spool, so
+    /// a shutdown during an outage loses nothing; the next start drains them.
     pub async fn close(&self, timeout: Duration) -> bool {
-        let settled = self.flush(timeout).await;
+        let mut settled = self.flush(timeout).await;
+        let outstanding = self.inner.direct_outstanding();
+        if !settled && outstanding > 0 && self.inner.spool.is_some() {
+            tracing::warn!(outstanding, "the log has not acknowledged some events; moving them to the spool");
+            self.inner.start_spooling();
+            self.inner.log.abandon_unacknowledged();
+            settled = self.flush(Duration::from_secs(10)).await;
+        }
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
         settled

@@ -188,3 +188,33 @@ async fn a_full_spool_fails_closed_when_configured_to() {
     let ready = http().get(gateway.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_during_an_outage_moves_unacknowledged_events_to_the_spool() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
+    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
+    let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
+    // The watchdog never fires: every event waits in the producer for the broker.
+    let recording = RecorderConfig { spool_after: Duration::from_secs(3_600), ..RecorderConfig::default() };
+    let gateway = TestGateway::start_with("", Some(log), Some((Arc::clone(&spool), recording))).await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..5 {
+        let response = http()
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(support::TEAM_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(gateway.state.recorder.stats().spooled, 0, "nothing spooled before shutdown");
+    assert!(gateway.state.recorder.close(Duration::from_millis(500)).await, "everything settled at close");
+    let stats = gateway.state.recorder.stats();
+    assert_eq!((stats.spooled, stats.dropped), (5, 0), "{stats:?}");
+    let spooled = spool.end_offsets(tollgate_ingest::recorder::SPOOL_TOPIC).await.unwrap();
+    assert_eq!(spooled.iter().map(|(_, end)| end).sum::<i64>(), 5, "the five events are on disk in the spool");
+}
