@@ -81,45 +81,23 @@ impl Endpoint {
         }
     }
 
-    fn parse(self, bytes: &[u8]) -> Result<Parsed, ApiError> {
-        Ok(match self {
+    fn parse(self, bytes: &Bytes) -> Result<Parsed, ApiError> {
+        let (body, model, stream, max_tokens, client_requested_usage) = match self {
             Endpoint::ChatCompletions => {
                 let request = parse_chat_completion(bytes)?;
-                Parsed {
-                    original: Bytes::new(),
-                    changed: false,
-                    body: request.body,
-                    model: request.model,
-                    stream: request.stream,
-                    max_tokens: request.max_tokens,
-                    client_requested_usage: request.client_requested_usage,
-                }
+                (request.body, request.model, request.stream, request.max_tokens, request.client_requested_usage)
             }
             Endpoint::Embeddings => {
                 let request = parse_embeddings(bytes)?;
-                Parsed {
-                    original: Bytes::new(),
-                    changed: false,
-                    body: request.body,
-                    model: request.model,
-                    stream: false,
-                    max_tokens: None,
-                    client_requested_usage: false,
-                }
+                (request.body, request.model, false, None, false)
             }
             Endpoint::Messages => {
                 let request = parse_messages(bytes)?;
-                Parsed {
-                    original: Bytes::new(),
-                    changed: false,
-                    body: request.body,
-                    model: request.model,
-                    stream: request.stream,
-                    max_tokens: Some(request.max_tokens),
-                    client_requested_usage: true,
-                }
+                // Anthropic streams always carry usage.
+                (request.body, request.model, request.stream, Some(request.max_tokens), true)
             }
-        })
+        };
+        Ok(Parsed { original: bytes.clone(), changed: false, body, model, stream, max_tokens, client_requested_usage })
     }
 }
 
@@ -204,7 +182,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
     draft.set_request(&bytes);
 
     let mut parsed = match endpoint.parse(&bytes) {
-        Ok(parsed) => Parsed { original: bytes.clone(), ..parsed },
+        Ok(parsed) => parsed,
         Err(error) => return refuse(draft, dialect, error, OutcomeStatus::InvalidRequest),
     };
     draft.request_model = parsed.model.clone();

@@ -147,14 +147,7 @@ async fn events_survive_a_broker_outage_in_per_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_fails_closed_when_configured_to() {
-    // A broker address nothing listens on: nothing is ever acknowledged.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
-    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
-    kafka.properties.insert("socket.connection.setup.timeout.ms".into(), "1000".into());
-    let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
-    let spool_dir = tempfile::tempdir().unwrap();
-    let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
+    let (log, spool, _spool_dir) = unreachable_log_and_spool();
     let recording = RecorderConfig {
         spool_after: Duration::from_millis(200),
         spool_max_events: 5,
@@ -191,12 +184,7 @@ async fn a_full_spool_fails_closed_when_configured_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_during_an_outage_moves_unacknowledged_events_to_the_spool() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
-    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
-    let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
-    let spool_dir = tempfile::tempdir().unwrap();
-    let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
+    let (log, spool, _spool_dir) = unreachable_log_and_spool();
     // The watchdog never fires: every event waits in the producer for the broker.
     let recording = RecorderConfig { spool_after: Duration::from_secs(3_600), ..RecorderConfig::default() };
     let gateway = TestGateway::start_with("", Some(log), Some((Arc::clone(&spool), recording))).await;
@@ -217,4 +205,16 @@ async fn shutting_down_during_an_outage_moves_unacknowledged_events_to_the_spool
     assert_eq!((stats.spooled, stats.dropped), (5, 0), "{stats:?}");
     let spooled = spool.end_offsets(tollgate_ingest::recorder::SPOOL_TOPIC).await.unwrap();
     assert_eq!(spooled.iter().map(|(_, end)| end).sum::<i64>(), 5, "the five events are on disk in the spool");
+}
+
+/// A Kafka log whose broker address nothing listens on (nothing is ever acknowledged),
+/// and an empty spool.
+fn unreachable_log_and_spool() -> (Arc<dyn EventLog>, Arc<dyn EventLog>, tempfile::TempDir) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
+    tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
+    let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
+    (log, spool, spool_dir)
 }
