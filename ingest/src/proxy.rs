@@ -477,7 +477,8 @@ async fn forward(
                             builder = builder.header(name, value);
                         }
                     }
-                    let stream = MeteredStream::new(response, dialect, inject_usage, prompt, draft);
+                    let idle_timeout = upstream.config.request_timeout;
+                    let stream = MeteredStream::new(response, dialect, inject_usage, prompt, idle_timeout, draft);
                     let response = builder.body(Body::from_stream(stream)).unwrap_or_else(|error| {
                         tracing::error!(%error, "could not build the streaming response");
                         StatusCode::INTERNAL_SERVER_ERROR.into_response()

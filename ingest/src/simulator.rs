@@ -36,6 +36,8 @@ pub struct SimulatorControl {
     fail_with_status: AtomicU16,
     /// Delay before answering, and between stream chunks, in milliseconds.
     delay_millis: AtomicU64,
+    /// Extra delay between stream chunks only, in milliseconds (a stream that stalls).
+    stream_gap_millis: AtomicU64,
     /// Requests received, failed ones included.
     requests: AtomicU64,
     /// Headers of the last chat completion request, for tests of what the gateway sends.
@@ -49,6 +51,15 @@ impl SimulatorControl {
 
     pub fn set_delay(&self, delay: Duration) {
         self.delay_millis.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Adds `gap` between stream chunks, on top of the delay, once the stream has begun.
+    pub fn set_stream_gap(&self, gap: Duration) {
+        self.stream_gap_millis.store(u64::try_from(gap.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    fn chunk_delay(&self) -> Duration {
+        self.delay() + Duration::from_millis(self.stream_gap_millis.load(Ordering::SeqCst))
     }
 
     pub fn requests(&self) -> u64 {
@@ -238,7 +249,7 @@ async fn chat_completions(
     }
     let mut sse: Vec<Event> = events.iter().map(|event| Event::default().data(event.to_string())).collect();
     sse.push(Event::default().data("[DONE]"));
-    sse_stream(sse, control.delay())
+    sse_stream(sse, control.chunk_delay())
 }
 
 async fn embeddings(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> Response {
@@ -344,5 +355,5 @@ async fn messages(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> 
                "usage": {"output_tokens": output_tokens}}),
     ));
     events.push(event("message_stop", json!({"type": "message_stop"})));
-    sse_stream(events, control.delay())
+    sse_stream(events, control.chunk_delay())
 }

@@ -4,9 +4,11 @@
 //! ([`crate::sse::SseFramer`]), reads each event's usage and text, drops the usage chunk
 //! the gateway requested on a client's behalf, and passes everything else on unchanged.
 //! The call is recorded when the upstream ends the stream, when the upstream connection
-//! breaks, or, if the client goes away first, when the server drops the body: then the
-//! event carries the tokens delivered so far, counted with the tokenizer.
+//! breaks or stays silent longer than its request timeout, or, if the client goes away
+//! first, when the server drops the body: then the event carries the tokens delivered so
+//! far, counted with the tokenizer.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -37,6 +39,9 @@ pub struct MeteredStream {
     stream_started: Instant,
     first_byte: Option<Instant>,
     http_status: u16,
+    /// The longest the upstream may stay silent mid-stream.
+    idle_timeout: std::time::Duration,
+    idle_deadline: Pin<Box<tokio::time::Sleep>>,
     draft: Option<Draft>,
 }
 
@@ -52,6 +57,7 @@ impl MeteredStream {
         dialect: Dialect,
         strip_usage_chunk: bool,
         prompt: String,
+        idle_timeout: std::time::Duration,
         draft: Draft,
     ) -> Self {
         MeteredStream {
@@ -65,6 +71,8 @@ impl MeteredStream {
             tap: Some(ResponseTap::new(draft.capture())),
             stream_started: Instant::now(),
             first_byte: None,
+            idle_timeout,
+            idle_deadline: Box::pin(tokio::time::sleep(idle_timeout)),
             draft: Some(draft),
         }
     }
@@ -141,8 +149,19 @@ impl Stream for MeteredStream {
         }
         loop {
             match this.upstream.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.idle_deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let message =
+                        format!("the upstream sent nothing for {} s mid-stream", this.idle_timeout.as_secs_f64());
+                    tracing::warn!(timeout = ?this.idle_timeout, "upstream stream stalled");
+                    this.finish(OutcomeStatus::Timeout, Some(message.clone()));
+                    return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message))));
+                }
                 Poll::Ready(Some(Ok(chunk))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle_deadline.as_mut().reset(deadline);
                     let out = this.process(&chunk);
                     if !out.is_empty() {
                         return this.send(out);

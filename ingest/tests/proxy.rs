@@ -517,3 +517,20 @@ async fn content_capture_follows_the_configured_mode() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_is_ended_and_recorded_as_a_timeout() {
+    let gateway = TestGateway::start().await;
+    // Headers at once, then silence longer than the upstream's 1.5 s request timeout.
+    gateway.primary.set_stream_gap(Duration::from_secs(3));
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    let started = std::time::Instant::now();
+    let response =
+        http().post(gateway.url("/v1/chat/completions")).bearer_auth(TEAM_KEY).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.is_err(), "the client sees an aborted stream, not a clean end");
+    assert!(started.elapsed() < Duration::from_secs(3), "ended by the gateway, not by the upstream");
+    let events = gateway.interactions(1).await;
+    assert_eq!(events[0].outcome.status, OutcomeStatus::Timeout);
+    assert_eq!(events[0].outcome.attempts, 1, "nothing is retried once the stream has begun");
+}
