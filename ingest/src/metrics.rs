@@ -5,7 +5,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `tollgate_gateway_requests_total` | counter | `route`, `outcome` |
+//! | `tollgate_gateway_requests_total` | counter | `route`, `outcome` (an `OutcomeStatus`, or `recording_unavailable` for a request refused because its event could not be kept) |
 //! | `tollgate_gateway_request_duration_seconds` | histogram | `route` |
 //! | `tollgate_gateway_unauthenticated_requests_total` | counter | `route` |
 //! | `tollgate_gateway_upstream_attempts_total` | counter | `upstream`, `result` |

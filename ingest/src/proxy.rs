@@ -32,7 +32,7 @@ use crate::breaker::BreakerState;
 use crate::config::{Target, UpstreamKind};
 use crate::draft::{Draft, Ending, ResponseTap, trace_context};
 use crate::error::{ApiError, Dialect, ErrorClass};
-use crate::metrics::{AttemptLabels, RouteLabels};
+use crate::metrics::{AttemptLabels, RequestLabels, RouteLabels};
 use crate::policy::{PiiMode, guard_prompt};
 use crate::request::{parse_chat_completion, parse_embeddings, parse_messages};
 use crate::stream::MeteredStream;
@@ -134,6 +134,9 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
             "The gateway cannot record requests right now (its local spool is full); try again shortly.",
         )
         .with_code("recording_unavailable");
+        // Not recordable, so counted here: it has no event.
+        let labels = RequestLabels { route: endpoint.path(), outcome: "recording_unavailable" };
+        state.metrics.requests.get_or_create(&labels).inc();
         return error.into_response(dialect);
     }
     let mut draft = Draft::new(

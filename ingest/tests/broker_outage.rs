@@ -180,6 +180,12 @@ async fn a_full_spool_fails_closed_when_configured_to() {
     assert!(statuses.contains(&200) && statuses.ends_with(&[503, 503]), "{statuses:?}");
     let ready = http().get(gateway.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
+    let metrics = http().get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let refused = statuses.iter().filter(|status| **status == 503).count();
+    let line = format!(
+        r#"tollgate_gateway_requests_total{{route="/v1/chat/completions",outcome="recording_unavailable"}} {refused}"#
+    );
+    assert!(metrics.lines().any(|got| got == line), "missing `{line}`");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
