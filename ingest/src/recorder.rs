@@ -162,7 +162,8 @@ impl Recorder {
             }),
         };
         if let Some(spool) = recorder.inner.spool.clone() {
-            // A spool left over from an earlier run is drained first.
+            // A spool left over from an earlier run is drained first (the drainer resumes
+            // at its committed position and switches to direct publishing once caught up).
             let leftover = spool.end_offsets(SPOOL_TOPIC).await?.iter().map(|(_, end)| *end).sum::<i64>();
             let subscription = spool.subscribe(SPOOL_GROUP, &[SPOOL_TOPIC]).await?;
             if leftover > 0 {
@@ -175,8 +176,8 @@ impl Recorder {
     }
 
     /// Records one interaction. Never waits on the log. The receipt is filled with the
-    /// event's partition and offset once the log acknowledges it directly (it stays empty
-    /// for an event that went through the spool).
+    /// event's placement: its partition and offset once the log acknowledges it, or
+    /// `Spooled` when it went to the spool.
     pub fn record(&self, interaction: &Interaction) -> Receipt {
         let receipt = Receipt::default();
         let payload = match tollgate_schemas::encode(interaction) {
