@@ -290,7 +290,9 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
 
         let worst_case = || worst_case_cost(&state, &targets, &parsed, count_prompt());
         match state.quota.admit(&key.principal, worst_case, tollgate_schemas::now_unix_micros()) {
-            Ok(admission) => draft.quota = Some((admission, state.quota.catalog())),
+            // Settling prices the call, so it is kept only when a budget governs it.
+            Ok(admission) if admission.governs() => draft.quota = Some((admission, state.quota.catalog())),
+            Ok(_) => {}
             Err(refusal) => {
                 tracing::info!(subject = %refusal.subject, budget = %refusal.budget_id, "request refused by budget");
                 let error = ApiError::new(ErrorClass::BudgetExceeded, refusal.message).with_code("budget_exceeded");
@@ -407,7 +409,7 @@ async fn forward(
     state: &GatewayState,
     endpoint: Endpoint,
     client_headers: &HeaderMap,
-    parsed: Parsed,
+    mut parsed: Parsed,
     targets: &[Target],
     mut draft: Draft,
 ) -> Response {
@@ -472,7 +474,7 @@ async fn forward(
                     return complete(draft, dialect, &parsed.body, status, &headers, body);
                 }
                 Attempt::Stream(response) => {
-                    let prompt = usage::prompt_text(&parsed.body);
+                    let request_body = std::mem::take(&mut parsed.body);
                     let id = draft.id;
                     let mut builder = Response::builder().status(response.status());
                     for (name, value) in response.headers() {
@@ -481,7 +483,7 @@ async fn forward(
                         }
                     }
                     let idle_timeout = upstream.config.request_timeout;
-                    let stream = MeteredStream::new(response, dialect, inject_usage, prompt, idle_timeout, draft);
+                    let stream = MeteredStream::new(response, dialect, inject_usage, request_body, idle_timeout, draft);
                     let response = builder.body(Body::from_stream(stream)).unwrap_or_else(|error| {
                         tracing::error!(%error, "could not build the streaming response");
                         StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -636,10 +638,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(millis) =
         headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
-        && millis.is_finite()
-        && millis >= 0.0
+        && let Ok(wait) = Duration::try_from_secs_f64(millis / 1000.0)
     {
-        return Some(Duration::from_secs_f64(millis / 1000.0));
+        // `try_from`: a negative, infinite or absurdly large value is ignored, not a panic.
+        return Some(wait);
     }
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
@@ -746,6 +748,10 @@ mod tests {
         assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{wait:?}");
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
+        for hostile in ["1e300", "-5", "inf", "NaN"] {
+            headers.insert("retry-after-ms", HeaderValue::from_static(hostile));
+            assert_eq!(retry_after(&headers), None, "{hostile}");
+        }
     }
 
     #[test]

@@ -353,6 +353,11 @@ fn refusal(subject: &Subject, decision: &QuotaDecision, reason: &str) -> Refusal
 }
 
 impl Admission {
+    /// Whether any budget governs the request (otherwise settling does nothing).
+    pub fn governs(&self) -> bool {
+        !self.subjects.is_empty()
+    }
+
     /// Replaces the reservation with the call's actual cost, counted against every
     /// governed subject until a decision reflects the event at `receipt`.
     pub fn settle(mut self, actual: Nanodollars, receipt: Receipt) {

@@ -33,7 +33,8 @@ pub struct MeteredStream {
     strip_usage_chunk: bool,
     framer: SseFramer,
     tally: StreamTally,
-    prompt: String,
+    /// The request, for estimating input tokens if the upstream reports no usage.
+    request_body: serde_json::Map<String, Value>,
     tap: Option<ResponseTap>,
     /// When the upstream's headers arrived: from then on the time is the stream's.
     stream_started: Instant,
@@ -56,7 +57,7 @@ impl MeteredStream {
         response: reqwest::Response,
         dialect: Dialect,
         strip_usage_chunk: bool,
-        prompt: String,
+        request_body: serde_json::Map<String, Value>,
         idle_timeout: std::time::Duration,
         draft: Draft,
     ) -> Self {
@@ -67,7 +68,7 @@ impl MeteredStream {
             strip_usage_chunk,
             framer: SseFramer::default(),
             tally: StreamTally::default(),
-            prompt,
+            request_body,
             tap: Some(ResponseTap::new(draft.capture())),
             stream_started: Instant::now(),
             first_byte: None,
@@ -131,7 +132,7 @@ impl MeteredStream {
         if let Some(message) = error {
             ending = ending.with_error(status.as_str(), message);
         }
-        ending.usage = self.tally.usage_or_estimate(&self.prompt, complete);
+        ending.usage = self.tally.usage_or_estimate(|| crate::usage::prompt_text(&self.request_body), complete);
         ending.response_model = self.tally.response_model.clone();
         ending.time_to_first_token = self.first_byte.map(|first| first.duration_since(draft.started));
         let tap = self.tap.take().unwrap_or_else(|| ResponseTap::new(draft.capture()));

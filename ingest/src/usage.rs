@@ -167,8 +167,9 @@ impl StreamTally {
     }
 
     /// The usage to record: the provider's when it gave a complete count, otherwise an
-    /// estimate from the prompt and the text delivered.
-    pub fn usage_or_estimate(&self, prompt: &str, complete: bool) -> Usage {
+    /// estimate from the text delivered and, when the provider gave no input count, the
+    /// prompt (built only then).
+    pub fn usage_or_estimate(&self, prompt: impl FnOnce() -> String, complete: bool) -> Usage {
         match &self.usage {
             Some(usage) if complete => usage.clone(),
             Some(usage) => Usage {
@@ -178,7 +179,7 @@ impl StreamTally {
                 ..usage.clone()
             },
             None => Usage {
-                input_tokens: count_tokens(prompt),
+                input_tokens: count_tokens(&prompt()),
                 output_tokens: count_tokens(&self.delivered_text),
                 estimated: true,
                 ..Usage::default()
@@ -237,12 +238,12 @@ mod tests {
         tally.observe_anthropic_event(
             &json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "there"}}),
         );
-        let partial = tally.usage_or_estimate("", false);
+        let partial = tally.usage_or_estimate(String::new, false);
         assert_eq!((partial.input_tokens, partial.output_tokens, partial.estimated), (9, 2, true));
         tally.observe_anthropic_event(&json!({"type": "message_delta", "usage": {"output_tokens": 4}}));
         tally.observe_anthropic_event(&json!({"type": "message_stop"}));
         assert!(tally.finished);
-        let usage = tally.usage_or_estimate("", true);
+        let usage = tally.usage_or_estimate(String::new, true);
         assert_eq!((usage.input_tokens, usage.output_tokens, usage.estimated), (9, 4, false));
         assert_eq!(tally.delivered_text, "Hi there");
         assert_eq!(tally.response_model.as_deref(), Some("claude-x"));
@@ -252,7 +253,7 @@ mod tests {
     fn an_openai_stream_without_usage_is_estimated() {
         let mut tally = StreamTally::default();
         tally.observe_openai_chunk(&json!({"model": "m", "choices": [{"delta": {"content": "Hello, world!"}}]}));
-        let usage = tally.usage_or_estimate("How many tokens is this?", true);
+        let usage = tally.usage_or_estimate(|| "How many tokens is this?".to_owned(), true);
         assert!(usage.estimated);
         assert_eq!((usage.input_tokens, usage.output_tokens), (count_tokens("How many tokens is this?"), 4));
     }

@@ -84,7 +84,9 @@ pub struct ToolPriceDocument {
 pub struct PriceCatalog {
     pub version: String,
     pub effective_from: String,
-    models: HashMap<(String, String), ModelPrice>,
+    /// Provider -> model name (and aliases) -> prices; looked up by `&str`, without
+    /// allocating, on every priced call.
+    models: HashMap<String, HashMap<String, ModelPrice>>,
     tools: HashMap<(String, String), Nanodollars>,
 }
 
@@ -167,7 +169,8 @@ impl PriceCatalog {
                 max_output_tokens: entry.max_output_tokens,
             };
             for model in std::iter::once(&entry.model).chain(&entry.aliases) {
-                if models.insert((entry.provider.clone(), model.clone()), model_price).is_some() {
+                let by_model: &mut HashMap<String, ModelPrice> = models.entry(entry.provider.clone()).or_default();
+                if by_model.insert(model.clone(), model_price).is_some() {
                     problems.push(format!("{}/{model} is priced twice", entry.provider));
                 }
             }
@@ -198,8 +201,8 @@ impl PriceCatalog {
 
     /// The prices of `model` at `provider`, by exact name, alias, or dated snapshot.
     pub fn model(&self, provider: &str, model: &str) -> Option<&ModelPrice> {
-        let key = |name: &str| (provider.to_owned(), name.to_owned());
-        self.models.get(&key(model)).or_else(|| self.models.get(&key(without_snapshot_suffix(model)?)))
+        let by_model = self.models.get(provider)?;
+        by_model.get(model).or_else(|| by_model.get(without_snapshot_suffix(model)?))
     }
 
     /// The per-call price of a tool: exact, then the server's `*`, then `*`/`*`.
