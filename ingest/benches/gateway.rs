@@ -110,14 +110,32 @@ fn wrk(url: &str, script: &str, connections: u32, threads: u32, seconds: u32) ->
 
 /// User plus system CPU time of this process, in microseconds.
 fn cpu_micros() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    process_cpu_micros("self").unwrap()
+}
+
+/// User plus system CPU time of process `pid` ("self" for this one), in microseconds.
+fn process_cpu_micros(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command name (in parentheses), utime and stime are the 12th and 13th fields.
     let after = stat.rsplit_once(')').unwrap().1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let ticks: f64 = fields[11].parse::<f64>().ok()? + fields[12].parse::<f64>().ok()?;
+    Some(ticks * 1_000_000.0 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
     let output = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    let ticks_per_second: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
-    ticks * 1_000_000.0 / ticks_per_second
+    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap()
+}
+
+/// Busy (non-idle) CPU time of the whole machine, in microseconds.
+fn machine_busy_micros() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let line = stat.lines().next().unwrap();
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).map(|t| t.parse().unwrap()).collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let busy: f64 = ticks.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    busy * 1_000_000.0 / clock_ticks_per_second()
 }
 
 fn peak_memory_mib() -> f64 {
@@ -291,9 +309,14 @@ fn main() {
 
     let saturated_direct = wrk(&direct, &chat, SATURATION_CONNECTIONS, 1, SATURATION_SECONDS);
     let published_before = state.recorder.stats().published;
+    let broker_pid = std::env::var("TOLLGATE_TEST_BROKER_PID").unwrap_or_default();
+    let broker_before = process_cpu_micros(&broker_pid);
+    let machine_before = machine_busy_micros();
     let cpu_before = cpu_micros();
     let saturated = wrk(&gateway, &chat, SATURATION_CONNECTIONS, 1, SATURATION_SECONDS);
     let cpu_after = cpu_micros();
+    let machine_after = machine_busy_micros();
+    let broker_after = process_cpu_micros(&broker_pid);
     assert_eq!(saturated.errors, 0.0, "the gateway answered errors under load: {saturated:?}");
     let flushed = runtime.block_on(state.recorder.flush(Duration::from_secs(30)));
     let stats = state.recorder.stats();
@@ -306,6 +329,18 @@ fn main() {
         "gateway CPU per request: {:.1} us (process user+system time / requests); peak memory (VmHWM) {:.0} MiB",
         (cpu_after - cpu_before) / saturated.requests.max(1.0),
         peak_memory_mib()
+    );
+    let per_request = |micros: f64| micros / saturated.requests.max(1.0);
+    let broker_us = match (broker_before, broker_after) {
+        (Some(before), Some(after)) => format!("{:.1} us", per_request(after - before)),
+        _ => "not measured (TOLLGATE_TEST_BROKER_PID unset)".to_owned(),
+    };
+    println!(
+        "machine CPU per request at saturation: {:.1} us of {} cores in all; broker {broker_us}; gateway {:.1} us; \
+         the rest (wrk, nginx, other tenants) is the difference",
+        per_request(machine_after - machine_before),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        per_request(cpu_after - cpu_before),
     );
     println!(
         "events: {} published during saturation for {} requests; all acknowledged: {flushed}; totals {stats:?}",

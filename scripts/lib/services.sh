@@ -100,6 +100,7 @@ start_broker() {
         --storage-engine sqlite://tansu.db \
         >"$workdir/tansu.log" 2>&1) &
     pids+=($!)
+    export TOLLGATE_TEST_BROKER_PID=$!
     wait_until "the tansu broker on port $port" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
     export TOLLGATE_TEST_KAFKA_BROKERS="127.0.0.1:$port"
 }
