@@ -10,11 +10,12 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde_json::{Value, json};
 
 use crate::config::GatewayConfig;
 use crate::error::{ApiError, Dialect, ErrorClass};
+use crate::mcp::McpServers;
 use crate::metrics::GatewayMetrics;
 use crate::proxy::{Endpoint, handle};
 use crate::quota::QuotaBook;
@@ -33,6 +34,8 @@ pub struct GatewayState {
     pub metrics: GatewayMetrics,
     /// `config.instance_id`, shared by every recorded event.
     pub instance: Arc<str>,
+    /// The MCP servers behind `/mcp/{server}`.
+    pub mcp: McpServers,
 }
 
 impl GatewayState {
@@ -43,12 +46,15 @@ impl GatewayState {
         let instance = Arc::from(config.instance_id.as_str());
         let quota = Arc::new(QuotaBook::new(catalog));
         let metrics = GatewayMetrics::new(recorder.clone(), Arc::clone(&quota), upstreams.iter().cloned().collect());
-        Ok(GatewayState { config, upstreams, recorder, quota, metrics, instance })
+        let mcp = McpServers::new(&config.mcp_servers, &config.mcp_allowed_hosts);
+        Ok(GatewayState { config, upstreams, recorder, quota, metrics, instance, mcp })
     }
 }
 
-/// The gateway's router.
+/// The gateway's router. Starts the MCP servers' supervisors, so it must be called
+/// inside the Tokio runtime.
 pub fn app(state: Arc<GatewayState>) -> Router {
+    state.mcp.start(&state);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -57,6 +63,7 @@ pub fn app(state: Arc<GatewayState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
+        .route("/mcp/{server}", any(crate::mcp::handle))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)

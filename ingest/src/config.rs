@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate_schemas::Principal;
 
-use crate::keys::{KeyStore, ModelAllowList, VirtualKey};
+use crate::keys::{KeyStore, ModelAllowList, ToolPolicy, VirtualKey};
 use crate::policy::{PiiMode, RateLimits};
 use crate::recorder::{FullSpoolPolicy, RecorderConfig};
 
@@ -48,6 +48,32 @@ struct RawConfig {
     guard: RawGuard,
     #[serde(default)]
     teams: Vec<RawTeam>,
+    #[serde(default)]
+    mcp_servers: Vec<RawMcpServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcpServer {
+    /// Served at `/mcp/{name}`; letters, digits, `-` and `_`.
+    name: String,
+    /// A local server: the program the gateway starts and speaks to over stdio.
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    /// Extra environment for the command (on top of the gateway's own).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// A remote server: its Streamable HTTP endpoint.
+    url: Option<String>,
+    /// Environment variable holding a bearer token for the remote server.
+    bearer_token_env: Option<String>,
+    /// How long a request may wait for the server's answer. Default 60000.
+    call_timeout_ms: Option<u64>,
+    /// Calls per minute each key may make, by tool name (`*` for every tool without its
+    /// own entry).
+    #[serde(default)]
+    tool_calls_per_minute: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +93,10 @@ struct RawTeam {
     allowed_models: Option<Vec<String>>,
     /// The PII guard for the team's keys that set none.
     pii_guard: Option<PiiMode>,
+    /// `server/tool` glob patterns of MCP tools the team's keys may call.
+    allowed_tools: Option<Vec<String>>,
+    /// `server/tool` glob patterns of MCP tools the team's keys may not call.
+    denied_tools: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +201,10 @@ struct RawKey {
     tokens_per_minute: Option<u32>,
     /// The prompt PII guard for this key: "off", "redact" or "block".
     pii_guard: Option<PiiMode>,
+    /// `server/tool` glob patterns of MCP tools the key may call. Default: every tool.
+    allowed_tools: Option<Vec<String>>,
+    /// `server/tool` glob patterns of MCP tools the key may not call.
+    denied_tools: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +216,10 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     /// Name of this replica in events (`gateway_instance`). Default `gateway`.
     instance_id: Option<String>,
+    /// `Host` header values the MCP routes accept (a guard against DNS rebinding), as host
+    /// names or `host:port`. Default: `localhost`, `127.0.0.1` and `::1`; an empty list
+    /// accepts every host (for deployments behind a proxy that checks it).
+    mcp_allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +257,25 @@ struct RawTarget {
     model: Option<String>,
 }
 
+/// Where an MCP server lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McpTransport {
+    /// A local program spoken to over stdio, started and restarted by the gateway.
+    Stdio { command: String, args: Vec<String>, env: BTreeMap<String, String> },
+    /// A remote Streamable HTTP endpoint.
+    Http { url: String, bearer_token: Option<String> },
+}
+
+/// One MCP server behind `/mcp/{name}`.
+#[derive(Debug, Clone)]
+pub struct McpServerConfig {
+    pub name: String,
+    pub transport: McpTransport,
+    pub call_timeout: Duration,
+    /// Calls per minute per key, by tool name; `*` applies to tools without an entry.
+    pub tool_calls_per_minute: BTreeMap<String, std::num::NonZeroU32>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -232,6 +289,9 @@ pub struct GatewayConfig {
     pub routing: RoutingConfig,
     pub capture: CaptureMode,
     pub recording: RecorderConfig,
+    /// MCP servers by name.
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
+    pub mcp_allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -340,8 +400,11 @@ impl GatewayConfig {
             models.insert(raw_model.name, targets);
         }
 
+        let mcp_servers = mcp_servers(raw.mcp_servers, environment, &mut problems);
+
         let global_pii = raw.guard.pii.unwrap_or_default();
         let mut teams: HashMap<String, (Option<ModelAllowList>, Option<PiiMode>)> = HashMap::new();
+        let mut team_tools: HashMap<String, &RawTeam> = HashMap::new();
         for team in &raw.teams {
             let allowed = team.allowed_models.as_ref().map(|patterns| {
                 ModelAllowList::only(patterns).unwrap_or_else(|problem| {
@@ -352,6 +415,7 @@ impl GatewayConfig {
             if teams.insert(team.id.clone(), (allowed, team.pii_guard)).is_some() {
                 problems.push(format!("team `{}` is declared twice", team.id));
             }
+            team_tools.insert(team.id.clone(), team);
         }
 
         let mut keys = KeyStore::default();
@@ -393,6 +457,21 @@ impl GatewayConfig {
             };
             let requests = per_minute("requests_per_minute", raw_key.requests_per_minute);
             let tokens = per_minute("tokens_per_minute", raw_key.tokens_per_minute);
+            let mut tools = ToolPolicy::default();
+            let team_lists = principal.team_id.as_ref().and_then(|team| team_tools.get(team));
+            let lists = [
+                (raw_key.allowed_tools.as_ref(), true),
+                (raw_key.denied_tools.as_ref(), false),
+                (team_lists.and_then(|team| team.allowed_tools.as_ref()), true),
+                (team_lists.and_then(|team| team.denied_tools.as_ref()), false),
+            ];
+            for (patterns, allow) in lists {
+                let Some(patterns) = patterns else { continue };
+                let added = if allow { tools.allow_only(patterns) } else { tools.deny(patterns) };
+                if let Err(problem) = added {
+                    problems.push(format!("key `{key_id}`: {problem}"));
+                }
+            }
             keys.insert(
                 &hash,
                 VirtualKey {
@@ -401,6 +480,7 @@ impl GatewayConfig {
                     max_tokens_cap: raw_key.max_tokens,
                     pii_guard: raw_key.pii_guard.or(team.and_then(|(_, pii)| *pii)).unwrap_or(global_pii),
                     rate_limits: RateLimits::per_minute(requests, tokens).map(std::sync::Arc::new),
+                    tools,
                     ..VirtualKey::new(principal)
                 },
             );
@@ -452,8 +532,79 @@ impl GatewayConfig {
             routing,
             capture: raw.capture.mode.unwrap_or(CaptureMode::Digests),
             recording,
+            mcp_servers,
+            mcp_allowed_hosts: raw
+                .server
+                .mcp_allowed_hosts
+                .unwrap_or_else(|| vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]),
         })
     }
+}
+
+fn mcp_servers(
+    raw: Vec<RawMcpServer>,
+    environment: &HashMap<String, String>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, McpServerConfig> {
+    let mut servers = BTreeMap::new();
+    for server in raw {
+        let name = server.name;
+        if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_') {
+            problems.push(format!("mcp server `{name}`: a name may hold only letters, digits, `-` and `_`"));
+        }
+        if servers.contains_key(&name) {
+            problems.push(format!("mcp server `{name}` is declared twice"));
+            continue;
+        }
+        let transport = match (server.command, server.url) {
+            (Some(command), None) => {
+                if server.bearer_token_env.is_some() {
+                    problems.push(format!("mcp server `{name}`: bearer_token_env applies only to a url"));
+                }
+                McpTransport::Stdio { command, args: server.args, env: server.env }
+            }
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    problems.push(format!("mcp server `{name}`: url `{url}` must start with http:// or https://"));
+                }
+                if !server.args.is_empty() || !server.env.is_empty() {
+                    problems.push(format!("mcp server `{name}`: args and env apply only to a command"));
+                }
+                let bearer_token = match &server.bearer_token_env {
+                    Some(variable) => match environment.get(variable) {
+                        Some(value) if !value.is_empty() => Some(value.clone()),
+                        _ => {
+                            problems.push(format!("mcp server `{name}`: environment variable {variable} is not set"));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                McpTransport::Http { url, bearer_token }
+            }
+            _ => {
+                problems.push(format!("mcp server `{name}`: give exactly one of `command` (stdio) and `url` (HTTP)"));
+                continue;
+            }
+        };
+        let mut tool_calls_per_minute = BTreeMap::new();
+        for (tool, limit) in server.tool_calls_per_minute {
+            match std::num::NonZeroU32::new(limit) {
+                Some(limit) => {
+                    tool_calls_per_minute.insert(tool, limit);
+                }
+                None => {
+                    problems.push(format!("mcp server `{name}`: tool_calls_per_minute for `{tool}` must be above zero"))
+                }
+            }
+        }
+        let call_timeout = Duration::from_millis(server.call_timeout_ms.unwrap_or(60_000));
+        if call_timeout.is_zero() {
+            problems.push(format!("mcp server `{name}`: call_timeout_ms must be greater than zero"));
+        }
+        servers.insert(name.clone(), McpServerConfig { name, transport, call_timeout, tool_calls_per_minute });
+    }
+    servers
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tollgate_schemas::pricing::PriceCatalog;
 use tollgate_schemas::{
     Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, ModelCall, Nanodollars, Outcome, OutcomeStatus,
-    Principal, SCHEMA_VERSION, Timing, TraceContext, Usage,
+    Principal, SCHEMA_VERSION, Timing, ToolCall, TraceContext, Usage,
 };
 use uuid::Uuid;
 
@@ -85,6 +85,8 @@ pub struct Draft {
     pub trace: TraceContext,
     /// The budget reservation, settled to the actual cost when the call is recorded.
     pub quota: Option<(Admission, Arc<PriceCatalog>)>,
+    /// Set for an MCP request: the event is a tool call rather than a model call.
+    pub tool: Option<ToolCall>,
 }
 
 /// How a call ended.
@@ -151,6 +153,7 @@ impl Draft {
             waited: Duration::ZERO,
             trace,
             quota: None,
+            tool: None,
         }
     }
 
@@ -170,12 +173,21 @@ impl Draft {
     /// Records the call with `ending` and what was sent back, consuming the draft.
     pub fn finish(self, ending: Ending, response: ResponseTap) {
         let duration = self.started.elapsed();
-        let actual_cost = self.quota.as_ref().map(|(_, catalog)| {
-            let model = self.routed_model.as_deref().or(ending.response_model.as_deref()).unwrap_or_default();
-            self.provider
-                .as_deref()
-                .and_then(|provider| catalog.model(provider, model))
-                .map_or(Nanodollars::ZERO, |price| price.cost(&ending.usage).total)
+        let actual_cost = self.quota.as_ref().map(|(_, catalog)| match &self.tool {
+            // A tool call costs its per-call price once the server has run it.
+            Some(tool) => match (ending.status, tool.tool.as_deref()) {
+                (OutcomeStatus::Ok | OutcomeStatus::ToolError, Some(name)) => {
+                    catalog.tool(&tool.server, name).unwrap_or(Nanodollars::ZERO)
+                }
+                _ => Nanodollars::ZERO,
+            },
+            None => {
+                let model = self.routed_model.as_deref().or(ending.response_model.as_deref()).unwrap_or_default();
+                self.provider
+                    .as_deref()
+                    .and_then(|provider| catalog.model(provider, model))
+                    .map_or(Nanodollars::ZERO, |price| price.cost(&ending.usage).total)
+            }
         });
         let response_sha256 = response.hasher.map(|hasher| hex::encode(hasher.finalize()));
         let response_text = response.text.and_then(|text| capture_text(response.mode, &text));
@@ -193,17 +205,20 @@ impl Draft {
             time_unix_micros: self.time_unix_micros,
             gateway_instance: self.state.instance.to_string(),
             principal: self.principal,
-            call: Call::ModelCall(ModelCall {
-                operation: self.operation,
-                provider: self.provider,
-                upstream: self.upstream,
-                request_model: self.request_model,
-                routed_model: self.routed_model,
-                response_model: ending.response_model,
-                endpoint: self.endpoint.to_owned(),
-                streaming: self.streaming,
-                request_max_tokens: self.request_max_tokens,
-            }),
+            call: match self.tool {
+                Some(tool) => Call::ToolCall(tool),
+                None => Call::ModelCall(ModelCall {
+                    operation: self.operation,
+                    provider: self.provider,
+                    upstream: self.upstream,
+                    request_model: self.request_model,
+                    routed_model: self.routed_model,
+                    response_model: ending.response_model,
+                    endpoint: self.endpoint.to_owned(),
+                    streaming: self.streaming,
+                    request_max_tokens: self.request_max_tokens,
+                }),
+            },
             content: ContentRecord {
                 request_sha256: self.request_sha256,
                 response_sha256,

@@ -53,6 +53,37 @@ impl ModelAllowList {
     }
 }
 
+/// Which MCP tools a key may call, by `server/tool` glob patterns (`time/*`,
+/// `files/read_*`). A tool is permitted when every allow-list that applies (the key's, its
+/// team's) matches it and no deny-list does.
+#[derive(Debug, Clone, Default)]
+pub struct ToolPolicy {
+    allowed: Vec<ModelAllowList>,
+    denied: Vec<ModelAllowList>,
+}
+
+impl ToolPolicy {
+    /// Adds an allow-list: from now on a tool must also match one of `patterns`.
+    pub fn allow_only(&mut self, patterns: &[String]) -> Result<(), String> {
+        self.allowed
+            .push(ModelAllowList::only(patterns).map_err(|error| error.replace("model pattern", "tool pattern"))?);
+        Ok(())
+    }
+
+    /// Adds a deny-list: a tool matching one of `patterns` is refused.
+    pub fn deny(&mut self, patterns: &[String]) -> Result<(), String> {
+        self.denied
+            .push(ModelAllowList::only(patterns).map_err(|error| error.replace("model pattern", "tool pattern"))?);
+        Ok(())
+    }
+
+    /// Whether `tool` of MCP server `server` may be called.
+    pub fn allows(&self, server: &str, tool: &str) -> bool {
+        let name = format!("{server}/{tool}");
+        self.allowed.iter().all(|list| list.allows(&name)) && !self.denied.iter().any(|list| list.allows(&name))
+    }
+}
+
 /// One virtual key, without its secret.
 #[derive(Debug, Clone)]
 pub struct VirtualKey {
@@ -67,6 +98,8 @@ pub struct VirtualKey {
     pub pii_guard: PiiMode,
     /// Requests and tokens per minute, shared by every request with this key.
     pub rate_limits: Option<Arc<RateLimits>>,
+    /// MCP tools the key may call (key and team lists combined).
+    pub tools: ToolPolicy,
     pub revoked: bool,
 }
 
@@ -80,6 +113,7 @@ impl VirtualKey {
             max_tokens_cap: None,
             pii_guard: PiiMode::Off,
             rate_limits: None,
+            tools: ToolPolicy::default(),
             revoked: false,
         }
     }

@@ -25,6 +25,7 @@ pub mod config;
 pub mod draft;
 pub mod error;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -128,13 +128,55 @@ pub struct GuardReport {
 /// Applies `mode` to the prompt text in `body`. In `block` mode the body is left as it
 /// is and the report names what was found; the caller refuses the request.
 pub fn guard_prompt(body: &mut Map<String, Value>, mode: PiiMode) -> GuardReport {
-    let mut report = GuardReport::default();
+    let mut guard = Guard { mode, report: GuardReport::default() };
     if mode == PiiMode::Off {
-        return report;
+        return guard.report;
     }
-    let detectors = Detectors::shared();
-    let mut visit = |text: &mut String| {
-        let (replacement, findings) = match mode {
+    for field in ["system", "input", "prompt"] {
+        if let Some(value) = body.get_mut(field) {
+            visit_content(value, &mut |text| guard.visit(text));
+        }
+    }
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        for message in messages {
+            if let Some(content) = message.get_mut("content") {
+                visit_content(content, &mut |text| guard.visit(text));
+            }
+        }
+    }
+    guard.report.kinds.sort();
+    guard.report
+}
+
+/// Applies `mode` to every string anywhere in `value` (MCP tool arguments), keys
+/// excepted.
+pub fn guard_json(value: &mut Value, mode: PiiMode) -> GuardReport {
+    fn walk(value: &mut Value, guard: &mut Guard) {
+        match value {
+            Value::String(text) => guard.visit(text),
+            Value::Array(items) => items.iter_mut().for_each(|item| walk(item, guard)),
+            Value::Object(fields) => fields.values_mut().for_each(|item| walk(item, guard)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    let mut guard = Guard { mode, report: GuardReport::default() };
+    if mode != PiiMode::Off {
+        walk(value, &mut guard);
+    }
+    guard.report.kinds.sort();
+    guard.report
+}
+
+/// One pass of the guard over some texts.
+struct Guard {
+    mode: PiiMode,
+    report: GuardReport,
+}
+
+impl Guard {
+    fn visit(&mut self, text: &mut String) {
+        let detectors = Detectors::shared();
+        let (replacement, findings) = match self.mode {
             PiiMode::Redact => {
                 let (redacted, findings) = detectors.redact(text);
                 (Some(redacted.into_owned()), findings)
@@ -142,31 +184,17 @@ pub fn guard_prompt(body: &mut Map<String, Value>, mode: PiiMode) -> GuardReport
             PiiMode::Block | PiiMode::Off => (None, detectors.find(text)),
         };
         for finding in &findings {
-            if !report.kinds.contains(&finding.kind) {
-                report.kinds.push(finding.kind);
+            if !self.report.kinds.contains(&finding.kind) {
+                self.report.kinds.push(finding.kind);
             }
         }
         if let Some(replacement) = replacement
             && !findings.is_empty()
         {
             *text = replacement;
-            report.redacted = true;
-        }
-    };
-    for field in ["system", "input", "prompt"] {
-        if let Some(value) = body.get_mut(field) {
-            visit_content(value, &mut visit);
+            self.report.redacted = true;
         }
     }
-    if let Some(Value::Array(messages)) = body.get_mut("messages") {
-        for message in messages {
-            if let Some(content) = message.get_mut("content") {
-                visit_content(content, &mut visit);
-            }
-        }
-    }
-    report.kinds.sort();
-    report
 }
 
 /// Calls `visit` on every text in a content value: a string, an array of strings, or an
