@@ -704,6 +704,70 @@ mod tests {
     }
 
     #[test]
+    fn mcp_servers_and_tool_lists() {
+        let config = GatewayConfig::from_toml(
+            r#"
+            [[keys]]
+            id = "agent"
+            secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+            org = "acme"
+            team = "agents"
+            allowed_tools = ["time/*", "search/*"]
+            denied_tools = ["search/delete_*"]
+
+            [[teams]]
+            id = "agents"
+            denied_tools = ["time/convert_time"]
+
+            [[mcp_servers]]
+            name = "time"
+            command = "mcp-server-time"
+            args = ["--local-timezone", "UTC"]
+
+            [[mcp_servers]]
+            name = "search"
+            url = "https://tools.example/mcp"
+            bearer_token_env = "OPENAI_API_KEY"
+            tool_calls_per_minute = { web = 30 }
+            "#,
+            &environment(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.mcp_servers["search"].transport,
+            McpTransport::Http { url: "https://tools.example/mcp".into(), bearer_token: Some("sk-live".into()) }
+        );
+        assert_eq!(config.mcp_servers["search"].tool_calls_per_minute["web"].get(), 30);
+        assert_eq!(config.mcp_servers["time"].call_timeout, Duration::from_secs(60));
+        let key = config.keys.iter().next().unwrap();
+        assert!(key.tools.allows("time", "get_current_time"));
+        assert!(!key.tools.allows("time", "convert_time"), "the team's deny-list applies");
+        assert!(key.tools.allows("search", "web"));
+        assert!(!key.tools.allows("search", "delete_index"), "the key's deny-list applies");
+        assert!(!key.tools.allows("files", "read"), "outside the key's allow-list");
+
+        let error = GatewayConfig::from_toml(
+            r#"
+            [[mcp_servers]]
+            name = "bad name"
+            command = "x"
+            url = "http://y"
+
+            [[mcp_servers]]
+            name = "remote"
+            url = "ftp://z"
+            tool_calls_per_minute = { "*" = 0 }
+            "#,
+            &environment(),
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        for expected in ["letters, digits", "exactly one of", "ftp://z", "must be above zero"] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn unknown_settings_are_errors() {
         let error =
             GatewayConfig::from_toml("[server]\nlisten_adress = \"127.0.0.1:1\"\n", &environment()).unwrap_err();

@@ -136,6 +136,11 @@ impl KeyStore {
         self.by_secret_hash.insert(secret_sha256.to_ascii_lowercase(), Arc::new(key));
     }
 
+    /// Every key, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &VirtualKey> {
+        self.by_secret_hash.values().map(Arc::as_ref)
+    }
+
     pub fn len(&self) -> usize {
         self.by_secret_hash.len()
     }

@@ -57,6 +57,13 @@ pub async fn run(
     state: Arc<GatewayState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Without TCP_NODELAY, a response written in several pieces (an event stream, an MCP
+    // answer) waits on the client's delayed ACK: about 40 ms per request.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     let served = axum::serve(listener, app(Arc::clone(&state))).with_graceful_shutdown(shutdown).await;
     if !state.recorder.close(FLUSH_ON_SHUTDOWN).await {
         tracing::error!("some interactions were not acknowledged before shutdown");
