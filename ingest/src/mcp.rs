@@ -376,11 +376,20 @@ async fn connect(config: &McpServerConfig) -> Result<Upstream, String> {
 struct Failure {
     error: McpError,
     status: OutcomeStatus,
+    /// The recorded `error_type` when it is one of the gateway's own refusals (the names
+    /// the model routes use: `tool_not_allowed`, `pii_detected`, ...); otherwise
+    /// `jsonrpc_<code>`.
+    error_type: Option<&'static str>,
 }
 
 impl Failure {
     fn new(code: ErrorCode, message: impl Into<String>, status: OutcomeStatus) -> Self {
-        Failure { error: McpError::new(code, message.into(), None), status }
+        Failure { error: McpError::new(code, message.into(), None), status, error_type: None }
+    }
+
+    fn typed(mut self, error_type: &'static str) -> Self {
+        self.error_type = Some(error_type);
+        self
     }
 }
 
@@ -465,8 +474,9 @@ impl Governed {
             }
             Err(failure) => {
                 tap.sent(&serde_json::to_vec(&failure.error).unwrap_or_default());
-                Ending::new(failure.status, None)
-                    .with_error(format!("jsonrpc_{}", failure.error.code.0), failure.error.message.to_string())
+                let error_type =
+                    failure.error_type.map_or_else(|| format!("jsonrpc_{}", failure.error.code.0), str::to_owned);
+                Ending::new(failure.status, None).with_error(error_type, failure.error.message.to_string())
             }
         };
         served.recorded.store(true, Ordering::Release);
@@ -501,6 +511,7 @@ impl Governed {
             ServiceError::McpError(error) => Failure {
                 error,
                 status: if tool_call { OutcomeStatus::ToolError } else { OutcomeStatus::UpstreamError },
+                error_type: None,
             },
             ServiceError::Timeout { timeout } => Failure::new(
                 codes::UPSTREAM_TIMEOUT,
@@ -564,7 +575,8 @@ impl Governed {
                 codes::DENIED_BY_POLICY,
                 format!("Tool `{tool}` of MCP server `{server}` is denied by policy for this key."),
                 OutcomeStatus::BlockedByPolicy,
-            ));
+            )
+            .typed("tool_not_allowed"));
         }
         if let Some(arguments) = params.arguments.take() {
             let mut value = Value::Object(arguments);
@@ -579,7 +591,8 @@ impl Governed {
                         kinds.join(", ")
                     ),
                     OutcomeStatus::BlockedByPolicy,
-                ));
+                )
+                .typed("pii_detected"));
             }
             if let Value::Object(arguments) = value {
                 params.arguments = Some(arguments);
@@ -593,7 +606,8 @@ impl Governed {
                     wait.as_secs_f64()
                 ),
                 OutcomeStatus::RateLimited,
-            );
+            )
+            .typed("rate_limit_exceeded");
             failure.error.data = Some(json!({ "retry_after_ms": wait.as_millis() }));
             return Err(failure);
         }
@@ -603,7 +617,8 @@ impl Governed {
             Ok(admission) if admission.governs() => served.draft.quota = Some((admission, catalog)),
             Ok(_) => {}
             Err(refusal) => {
-                let mut failure = Failure::new(codes::BUDGET_EXCEEDED, refusal.message, OutcomeStatus::BlockedByBudget);
+                let mut failure = Failure::new(codes::BUDGET_EXCEEDED, refusal.message, OutcomeStatus::BlockedByBudget)
+                    .typed("budget_exceeded");
                 failure.error.data =
                     Some(json!({ "budget_id": refusal.budget_id, "subject": refusal.subject.to_string() }));
                 return Err(failure);
@@ -628,7 +643,7 @@ impl ServerHandler for Governed {
         let result = match self.server.connection().await {
             Ok(_) => self
                 .negotiate_initialize(&request)
-                .map_err(|error| Failure { error, status: OutcomeStatus::InvalidRequest }),
+                .map_err(|error| Failure { error, status: OutcomeStatus::InvalidRequest, error_type: None }),
             Err(failure) => Err(failure),
         };
         self.finish(served, result, |value| (OutcomeStatus::Ok, json_bytes(value)))
