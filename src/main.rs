@@ -12,6 +12,7 @@ use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, K
 use tollgate_ingest::app::GatewayState;
 use tollgate_ingest::config::GatewayConfig;
 use tollgate_ingest::recorder::Recorder;
+use tollgate_processor::ProcessorConfig;
 use tollgate_schemas::pricing::PriceCatalog;
 
 /// mimalloc: the gateway allocates per request (bodies, JSON, events) from many threads,
@@ -38,6 +39,9 @@ enum Command {
     Topics,
     /// Run the gateway: the provider-compatible proxy that records every interaction.
     Gateway(GatewayArgs),
+    /// Run the stream processor: prices every interaction, keeps budgets and publishes
+    /// quota decisions for gateways to enforce, and detects policy violations.
+    Processor(ProcessorArgs),
     /// Run a simulated model provider (OpenAI- and Anthropic-compatible, with streaming)
     /// to try the gateway without a provider account.
     Simulator {
@@ -72,6 +76,35 @@ struct GatewayArgs {
     /// Async worker threads. Default: one per core but one (at least one).
     #[arg(long, env = "TOLLGATE_GATEWAY_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Check the configuration, print a summary, and exit.
+    #[arg(long)]
+    validate: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProcessorArgs {
+    /// The processor's configuration file; `processor.example.toml` documents every
+    /// setting. Without one, the defaults apply and no budgets are loaded.
+    #[arg(long, env = "TOLLGATE_PROCESSOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (`host:port,...`). Without them the processor reads and
+    /// writes the embedded log under --data-dir (which no other process may have open).
+    #[arg(long, env = "TOLLGATE_KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: Option<String>,
+    /// Where the embedded log lives when no Kafka servers are given.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+    data_dir: PathBuf,
+    /// The price catalog to start with (TOML, the format of `pricing/catalog.toml`);
+    /// published to the governance topic when its version is new there. Default: the
+    /// catalog built into this binary.
+    #[arg(long, env = "TOLLGATE_PRICE_CATALOG")]
+    price_catalog: Option<PathBuf>,
+    /// Name of this instance, overriding `processor.instance_id`.
+    #[arg(long, env = "TOLLGATE_PROCESSOR_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Address for /metrics and /healthz, overriding `processor.metrics_listen`.
+    #[arg(long, env = "TOLLGATE_PROCESSOR_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Check the configuration, print a summary, and exit.
     #[arg(long)]
     validate: bool,
@@ -120,6 +153,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateway(args) => gateway(args).await,
+        Command::Processor(args) => processor(args).await,
         Command::Simulator { listen } => {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
@@ -191,6 +225,68 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     tollgate_ingest::run(listener, state, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
+    Ok(())
+}
+
+async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("reading the processor configuration {} (see processor.example.toml)", path.display())
+            })?;
+            ProcessorConfig::from_toml(&text)?
+        }
+        None => ProcessorConfig::default(),
+    };
+    if let Some(instance) = args.instance_id {
+        config.instance_id = instance;
+    }
+    if let Some(address) = args.metrics_listen {
+        config.metrics_listen = Some(address);
+    }
+    let (catalog_text, catalog_source) = match &args.price_catalog {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading the price catalog {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (tollgate_schemas::pricing::SHIPPED_CATALOG.to_owned(), "built-in price catalog".to_owned()),
+    };
+    let document: tollgate_schemas::pricing::PriceCatalogDocument =
+        toml::from_str(&catalog_text).with_context(|| format!("parsing the price catalog ({catalog_source})"))?;
+    let catalog = PriceCatalog::from_document(&document)?;
+    if args.validate {
+        println!(
+            "{}: valid; instance {}, {} budgets, price catalog {} ({catalog_source})",
+            args.config.as_ref().map_or_else(|| "defaults".to_owned(), |path| path.display().to_string()),
+            config.instance_id,
+            config.budgets.len(),
+            catalog.version,
+        );
+        return Ok(());
+    }
+    let log: Arc<dyn EventLog> = match &args.kafka_bootstrap_servers {
+        Some(servers) => {
+            let mut kafka = KafkaConfig::new(servers.clone());
+            kafka.client_id = config.instance_id.clone();
+            config.kafka_defaults(&mut kafka);
+            Arc::new(KafkaLog::connect(kafka).context("creating the Kafka clients")?)
+        }
+        None => {
+            let dir = args.data_dir.join("log");
+            Arc::new(
+                EmbeddedLog::open(EmbeddedLogConfig::new(&dir))
+                    .with_context(|| format!("opening the embedded log in {}", dir.display()))?,
+            )
+        }
+    };
+    let sources = tollgate_processor::Sources {
+        catalog,
+        catalog_document: Some(document),
+        config_actor: args.config.as_ref().map_or_else(|| "processor defaults".to_owned(), |p| p.display().to_string()),
+    };
+    let metrics = Arc::new(tollgate_processor::metrics::ProcessorMetrics::default());
+    tollgate_processor::run(log, config, sources, metrics, shutdown_signal()).await?;
+    tracing::info!("processor stopped");
     Ok(())
 }
 

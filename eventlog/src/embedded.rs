@@ -164,6 +164,20 @@ impl EmbeddedLog {
         topics.get(name).copied().ok_or_else(|| LogError::UnknownTopic(name.to_owned()))
     }
 
+    fn append(&self, info: TopicInfo, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+        let (ack, done) = oneshot::channel();
+        let timestamp_millis = tollgate_schemas::now_unix_micros() / 1000;
+        self.enqueue(WriteOp::Append {
+            topic_id: info.id,
+            partition,
+            timestamp_millis,
+            key: key.to_vec(),
+            payload: payload.to_vec(),
+            ack,
+        })?;
+        Ok(PendingAck(AckSource::Embedded(done)))
+    }
+
     fn enqueue(&self, op: WriteOp) -> Result<(), LogError> {
         match self.shared.writes.try_send(op) {
             Ok(()) => Ok(()),
@@ -361,18 +375,44 @@ impl EventLog for EmbeddedLog {
 
     fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
         let info = self.topic(topic)?;
-        let partition = partition_for_key(key, info.partitions);
-        let (ack, done) = oneshot::channel();
-        let timestamp_millis = tollgate_schemas::now_unix_micros() / 1000;
-        self.enqueue(WriteOp::Append {
-            topic_id: info.id,
-            partition,
-            timestamp_millis,
-            key: key.to_vec(),
-            payload: payload.to_vec(),
-            ack,
-        })?;
-        Ok(PendingAck(AckSource::Embedded(done)))
+        self.append(info, partition_for_key(key, info.partitions), key, payload)
+    }
+
+    fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+        let info = self.topic(topic)?;
+        if !(0..info.partitions).contains(&partition) {
+            return Err(LogError::Config(format!(
+                "topic `{topic}` has {} partitions; there is no partition {partition}",
+                info.partitions
+            )));
+        }
+        self.append(info, partition, key, payload)
+    }
+
+    async fn read(&self, topic: &str, partition: i32, from_offset: i64, max: usize) -> Result<Vec<Record>, LogError> {
+        let info = self.topic(topic)?;
+        let database = self.shared.database.clone();
+        let topic = topic.to_owned();
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        run_blocking(move || {
+            let connection = open_connection(&database)?;
+            let mut statement = connection.prepare(
+                "SELECT offset, timestamp_ms, key, payload FROM records
+                 WHERE topic_id = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
+            )?;
+            let rows = statement.query_map(params![info.id, partition, from_offset, limit], |row| {
+                Ok(Record {
+                    topic: topic.clone(),
+                    partition,
+                    offset: row.get(0)?,
+                    timestamp_millis: row.get(1)?,
+                    key: row.get(2)?,
+                    payload: row.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Subscription>, LogError> {
@@ -650,6 +690,20 @@ impl Subscription for EmbeddedSubscription {
 
     fn assignment(&self) -> Vec<(String, i32)> {
         self.assignment.clone()
+    }
+
+    async fn seek(&mut self, topic: &str, partition: i32, next_offset: i64) -> Result<(), LogError> {
+        let key = (topic.to_owned(), partition);
+        let Some(position) = self.positions.get_mut(&key) else {
+            return Err(LogError::NotAssigned { topic: topic.to_owned(), partition });
+        };
+        *position = next_offset.max(0);
+        self.buffer.retain(|record| record.partition != partition || record.topic != topic);
+        Ok(())
+    }
+
+    fn generation(&self) -> u64 {
+        self.assigned_generation
     }
 }
 

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -143,6 +145,63 @@ impl EventLog for KafkaLog {
         }
     }
 
+    fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+        let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+        match self.producer.send_result(record) {
+            Ok(delivery) => Ok(PendingAck(AckSource::Kafka(delivery))),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(LogError::QueueFull),
+            Err((error, _)) => Err(LogError::Kafka(error)),
+        }
+    }
+
+    async fn read(&self, topic: &str, partition: i32, from_offset: i64, max: usize) -> Result<Vec<Record>, LogError> {
+        let mut properties = BTreeMap::from([
+            // librdkafka wants a group id for any consumer; nothing is ever committed.
+            ("group.id".to_owned(), "tollgate-partition-reader".to_owned()),
+            ("enable.auto.commit".to_owned(), "false".to_owned()),
+            ("enable.partition.eof".to_owned(), "false".to_owned()),
+        ]);
+        properties.extend(self.config.consumer_properties.clone());
+        let consumer: BaseConsumer = self.config.client_config(&properties).create()?;
+        let topic = topic.to_owned();
+        let timeout = Duration::from_secs(10);
+        tokio::task::spawn_blocking(move || {
+            let (_low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+            let mut records = Vec::new();
+            if from_offset >= high || max == 0 {
+                return Ok(records);
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(&topic, partition, Offset::Offset(from_offset.max(0)))?;
+            consumer.assign(&list)?;
+            let deadline = std::time::Instant::now() + timeout;
+            while records.len() < max {
+                let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                    return Err(LogError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("reading {topic}/{partition} from offset {from_offset} timed out"),
+                    )));
+                };
+                let Some(message) = consumer.poll(left) else { continue };
+                let message = message?;
+                records.push(Record {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp_millis: message.timestamp().to_millis().unwrap_or(0),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                });
+                if message.offset() + 1 >= high {
+                    break;
+                }
+            }
+            Ok(records)
+        })
+        .await
+        .map_err(|join_error| LogError::Io(std::io::Error::other(join_error)))?
+    }
+
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Subscription>, LogError> {
         let mut consumer_defaults = BTreeMap::from([
             ("group.id".to_owned(), group.to_owned()),
@@ -151,7 +210,9 @@ impl EventLog for KafkaLog {
             ("enable.partition.eof".to_owned(), "false".to_owned()),
         ]);
         consumer_defaults.extend(self.config.consumer_properties.clone());
-        let consumer: StreamConsumer = self.config.client_config(&consumer_defaults).create()?;
+        let context = GroupContext { generation: AtomicU64::new(0) };
+        let consumer: StreamConsumer<GroupContext> =
+            self.config.client_config(&consumer_defaults).create_with_context(context)?;
         consumer.subscribe(topics)?;
         Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer) }))
     }
@@ -183,8 +244,23 @@ impl EventLog for KafkaLog {
     }
 }
 
+/// Counts the rebalances a group member goes through, for [`Subscription::generation`].
+struct GroupContext {
+    generation: AtomicU64,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 struct KafkaSubscription {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
 }
 
 impl std::fmt::Debug for KafkaSubscription {
@@ -230,5 +306,24 @@ impl Subscription for KafkaSubscription {
             }
             Err(_) => Vec::new(),
         }
+    }
+
+    async fn seek(&mut self, topic: &str, partition: i32, next_offset: i64) -> Result<(), LogError> {
+        if !self.assignment().iter().any(|(assigned, number)| assigned == topic && *number == partition) {
+            return Err(LogError::NotAssigned { topic: topic.to_owned(), partition });
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let topic = topic.to_owned();
+        // The seek waits for the fetcher to restart at the new offset: keep it off the runtime.
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(&topic, partition, Offset::Offset(next_offset.max(0)), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|join_error| LogError::Io(std::io::Error::other(join_error)))??;
+        Ok(())
+    }
+
+    fn generation(&self) -> u64 {
+        self.consumer.context().generation.load(Ordering::SeqCst)
     }
 }

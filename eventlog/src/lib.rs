@@ -99,6 +99,15 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// per-key order holds.
     fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError>;
 
+    /// Like [`EventLog::publish`], into the given partition instead of the key's. For
+    /// per-partition side logs (the processor's checkpoints sit in the partition of the
+    /// input partition they describe). An out-of-range partition is an error.
+    fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError>;
+
+    /// Up to `max` records of one partition from `from_offset` on, in offset order,
+    /// without a consumer group; fewer (possibly none) when the partition ends sooner.
+    async fn read(&self, topic: &str, partition: i32, from_offset: i64, max: usize) -> Result<Vec<Record>, LogError>;
+
     /// Joins `group` as a new member reading `topics`.
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Subscription>, LogError>;
 
@@ -127,6 +136,18 @@ pub trait Subscription: Send + std::fmt::Debug {
 
     /// The partitions this member currently reads.
     fn assignment(&self) -> Vec<(String, i32)>;
+
+    /// Moves this member's position in one of its partitions: the next record it reads
+    /// from that partition is at `next_offset`. For consumers that keep their offsets
+    /// with their own state (the processor's checkpoints) rather than in the group.
+    /// Records of that partition already fetched are discarded; a record handed out
+    /// after the call is at `next_offset` or later.
+    async fn seek(&mut self, topic: &str, partition: i32, next_offset: i64) -> Result<(), LogError>;
+
+    /// A number that changes whenever this member's assignment may have changed (a
+    /// rebalance). A consumer that keeps per-partition state compares it after each
+    /// [`Subscription::next`] and reconciles its state with [`Subscription::assignment`].
+    fn generation(&self) -> u64;
 }
 
 /// Creates every topic in `specs`.
@@ -191,7 +212,7 @@ impl Future for PendingAck {
 
 /// The partition of `key` in a topic of `partitions` partitions: CRC32 of the key, as
 /// librdkafka's default `consistent_random` partitioner does for non-empty keys.
-pub(crate) fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     let partitions = partitions.max(1).unsigned_abs();
     // The remainder is below `partitions`, which came from an i32.
     i32::try_from(crc32fast::hash(key) % partitions).unwrap_or(0)

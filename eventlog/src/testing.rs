@@ -32,3 +32,60 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Environment variable holding the path of the `tansu` broker binary `scripts/test`
+/// installs, for tests that run a broker of their own.
+pub const TANSU_ENV: &str = "TOLLGATE_TEST_TANSU";
+
+/// A Kafka-API broker (tansu, SQLite storage in a throwaway directory) of one test's own,
+/// for tests that consume whole topics or stop the broker. Stopped and removed on drop.
+#[derive(Debug)]
+pub struct TestBroker {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+}
+
+impl TestBroker {
+    /// Starts a broker on a free loopback port and waits until it accepts connections.
+    #[allow(clippy::panic)]
+    pub fn start() -> Self {
+        let tansu = required_env(TANSU_ENV);
+        let dir = std::env::temp_dir().join(unique_name("tollgate-broker"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .unwrap_or_else(|error| panic!("no free port for a test broker: {error}"));
+        if let Err(error) = std::fs::create_dir_all(&dir) {
+            panic!("creating {}: {error}", dir.display());
+        }
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("tansu.log")).ok();
+        let child = std::process::Command::new(&tansu)
+            .current_dir(&dir)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.map_or_else(std::process::Stdio::null, std::process::Stdio::from))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {tansu}: {error}"));
+        // Dropped (so killed and reaped) if it never comes up.
+        let broker = TestBroker { child, dir, address: format!("127.0.0.1:{port}") };
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(&broker.address).is_ok() {
+                return broker;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the test broker did not listen on {}", broker.address);
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -270,6 +270,61 @@ async fn two_members_of_a_group_split_the_partitions(harness: &dyn Harness) {
     assert_eq!(payloads, (0..total).collect::<Vec<_>>(), "every record exactly once across the group");
 }
 
+async fn partitions_are_written_and_read_directly(harness: &dyn Harness) {
+    let topic = unique_name("direct");
+    let log = harness.open();
+    log.ensure_topic(&topic, 3, false).await.unwrap();
+    for sequence in 0..10 {
+        let ack = log.publish_to(&topic, 2, b"any-key", format!("p2-{sequence}").as_bytes()).unwrap().await.unwrap();
+        assert_eq!((ack.partition, ack.offset), (2, sequence), "the partition asked for, in order");
+    }
+    assert!(log.publish_to(&topic, 3, b"k", b"v").is_err(), "there is no partition 3");
+
+    let payloads = |records: &[Record]| -> Vec<(i64, String)> {
+        records.iter().map(|r| (r.offset, String::from_utf8(r.payload.clone()).unwrap())).collect()
+    };
+    let middle = log.read(&topic, 2, 3, 4).await.unwrap();
+    assert_eq!(payloads(&middle), [3, 4, 5, 6].map(|offset| (offset, format!("p2-{offset}"))));
+    assert!(middle.iter().all(|record| record.topic == topic && record.partition == 2));
+    let tail = log.read(&topic, 2, 8, 100).await.unwrap();
+    assert_eq!(payloads(&tail), [(8, "p2-8".to_owned()), (9, "p2-9".to_owned())], "fewer when the partition ends");
+    assert!(log.read(&topic, 2, 10, 5).await.unwrap().is_empty(), "nothing past the end");
+    assert!(log.read(&topic, 0, 0, 5).await.unwrap().is_empty(), "an empty partition");
+}
+
+async fn a_member_seeks_and_notices_rebalances(harness: &dyn Harness) {
+    let topic = unique_name("seek");
+    let group = unique_name("group");
+    let log = harness.open();
+    log.ensure_topic(&topic, 1, false).await.unwrap();
+    for sequence in 0..10 {
+        log.publish(&topic, b"k", format!("{sequence}").as_bytes()).unwrap().await.unwrap();
+    }
+    let mut member = log.subscribe(&group, &[&topic]).await.unwrap();
+    let first = read_exactly(member.as_mut(), 10).await;
+    assert_eq!(first.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+
+    member.seek(&topic, 0, 3).await.unwrap();
+    let again = read_exactly(member.as_mut(), 2).await;
+    assert_eq!(again.iter().map(|r| r.offset).collect::<Vec<_>>(), [3, 4], "back to the offset asked for");
+    member.seek(&topic, 0, 9).await.unwrap();
+    assert_eq!(read_exactly(member.as_mut(), 1).await[0].offset, 9, "and forward");
+    assert!(member.seek(&topic, 5, 0).await.is_err(), "a partition the member does not own");
+
+    // A second member joins: the first sees its generation change.
+    let before = member.generation();
+    let (sender, _records) = tokio::sync::mpsc::unbounded_channel();
+    let (_assignment, other) = spawn_reader(log.subscribe(&group, &[&topic]).await.unwrap(), sender);
+    let changed = tokio::time::timeout(WAIT, async {
+        while member.generation() == before {
+            let _ = next_within(member.as_mut(), Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    other.abort();
+    assert!(changed.is_ok(), "the generation never changed after a second member joined");
+}
+
 macro_rules! contract_suite {
     ($module:ident, $harness:expr) => {
         mod $module {
@@ -293,6 +348,16 @@ macro_rules! contract_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn two_members_of_a_group_split_the_partitions() {
                 super::two_members_of_a_group_split_the_partitions(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn partitions_are_written_and_read_directly() {
+                super::partitions_are_written_and_read_directly(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_member_seeks_and_notices_rebalances() {
+                super::a_member_seeks_and_notices_rebalances(&$harness).await;
             }
         }
     };

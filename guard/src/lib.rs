@@ -7,6 +7,9 @@
 //! [`Detectors::redact`] replaces each with a marker such as `[REDACTED:email]`; [`mask`]
 //! turns a match into evidence that is safe to store (`j***@example.com`).
 //!
+//! [`injection::find`] flags prompt-injection phrasing ("ignore all previous
+//! instructions", requests for the system prompt, jailbreak personas).
+//!
 //! Pure functions over text: no I/O, no configuration files, no policy decisions. Whether
 //! a finding blocks, redacts or is only logged is the caller's choice.
 
@@ -14,6 +17,8 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::Regex;
+
+pub mod injection;
 
 /// What kind of sensitive content a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +58,11 @@ impl PiiKind {
             PiiKind::UsSsn => "us_ssn",
             PiiKind::Secret => "secret",
         }
+    }
+
+    /// The kind whose [`PiiKind::label`] is `label`.
+    pub fn from_label(label: &str) -> Option<PiiKind> {
+        PiiKind::ALL.into_iter().find(|kind| kind.label() == label)
     }
 
     /// When two candidates overlap, the kind with the higher priority wins: a validated
@@ -195,6 +205,20 @@ impl Detectors {
     }
 }
 
+/// The kinds named by `[REDACTED:<label>]` markers in `text` (what [`Detectors::redact`]
+/// left behind), with how often each appears, in kind order.
+pub fn redaction_markers(text: &str) -> Vec<(PiiKind, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (_, rest) in text.match_indices("[REDACTED:").map(|(at, marker)| (at, &text[at + marker.len()..])) {
+        if let Some((label, _)) = rest.split_once(']')
+            && let Some(kind) = PiiKind::from_label(label)
+        {
+            *counts.entry(kind).or_insert(0) += 1;
+        }
+    }
+    counts.into_iter().collect()
+}
+
 /// Evidence safe to store: keeps the shape and a few characters, hides the rest.
 /// `jane.doe@example.com` becomes `j***@example.com`; a card or IBAN keeps its last four
 /// characters; a secret keeps its first four.
@@ -289,6 +313,13 @@ mod tests {
         assert_eq!(redacted, "Email [REDACTED:email], card [REDACTED:card_number].");
         let (clean, none) = Detectors::shared().redact("nothing to see");
         assert!(matches!(clean, Cow::Borrowed(_)) && none.is_empty());
+    }
+
+    #[test]
+    fn redaction_markers_are_counted_by_kind() {
+        let (redacted, _) = Detectors::shared().redact("a@example.com, b@example.com and 4111 1111 1111 1111");
+        assert_eq!(redaction_markers(&redacted), [(PiiKind::Email, 2), (PiiKind::CardNumber, 1)]);
+        assert!(redaction_markers("[REDACTED:unknown] [REDACTED:email").is_empty());
     }
 
     #[test]

@@ -641,9 +641,11 @@ impl ServerHandler for Governed {
         let served = self.begin(&context, "initialize", None, &request)?;
         context.peer.set_peer_info(request.clone());
         let result = match self.server.connection().await {
-            Ok(_) => self
-                .negotiate_initialize(&request)
-                .map_err(|error| Failure { error, status: OutcomeStatus::InvalidRequest, error_type: None }),
+            Ok(_) => self.negotiate_initialize(&request).map_err(|error| Failure {
+                error,
+                status: OutcomeStatus::InvalidRequest,
+                error_type: None,
+            }),
             Err(failure) => Err(failure),
         };
         self.finish(served, result, |value| (OutcomeStatus::Ok, json_bytes(value)))

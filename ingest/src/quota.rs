@@ -27,9 +27,7 @@ use std::time::{Duration, Instant};
 use tollgate_eventlog::EventLog;
 use tollgate_schemas::pricing::PriceCatalog;
 use tollgate_schemas::topics::{DEAD_LETTER, INTERACTIONS, QUOTA_DECISIONS};
-use tollgate_schemas::{
-    DeadLetter, Nanodollars, Principal, QuotaDecision, QuotaState, SourceOffset, Subject, SubjectKind,
-};
+use tollgate_schemas::{DeadLetter, Nanodollars, Principal, QuotaDecision, QuotaState, SourceOffset, Subject};
 
 /// How long spend whose log position is unknown keeps counting.
 pub const UNPLACED_SPEND_TTL: Duration = Duration::from_secs(600);
@@ -215,15 +213,7 @@ pub struct Admission {
 
 /// The subjects a principal's spend counts toward, most specific first.
 pub fn subjects_of(principal: &Principal) -> Vec<Subject> {
-    let mut subjects = vec![Subject::new(SubjectKind::Key, principal.key_id.clone())];
-    if let Some(user) = &principal.user_id {
-        subjects.push(Subject::new(SubjectKind::User, user.clone()));
-    }
-    if let Some(team) = &principal.team_id {
-        subjects.push(Subject::new(SubjectKind::Team, team.clone()));
-    }
-    subjects.push(Subject::new(SubjectKind::Org, principal.org_id.clone()));
-    subjects
+    principal.subjects()
 }
 
 impl QuotaBook {
@@ -478,7 +468,7 @@ pub async fn follow_forever(log: Arc<dyn EventLog>, book: Arc<QuotaBook>, instan
 
 #[cfg(test)]
 mod tests {
-    use tollgate_schemas::{BudgetWindow, SCHEMA_VERSION, WindowKind};
+    use tollgate_schemas::{BudgetWindow, SCHEMA_VERSION, SubjectKind, WindowKind};
 
     use super::*;
 
@@ -527,8 +517,9 @@ mod tests {
 
     #[test]
     fn local_spend_counts_until_a_decision_reflects_it() {
-        let book =
-            Arc::new(QuotaBook::new(PriceCatalog::from_toml("version = \"t\"\neffective_from = \"x\"\n").unwrap()));
+        let book = Arc::new(QuotaBook::new(
+            PriceCatalog::from_toml("version = \"t\"\neffective_from = \"2026-01-01\"\n").unwrap(),
+        ));
         assert!(book.apply(decision(1, 1_000, 0, None)));
         for offset in 10..13 {
             spend(&book, 100, offset);
@@ -546,8 +537,9 @@ mod tests {
 
     #[test]
     fn reservations_and_local_spend_stop_admission_at_the_budget() {
-        let book =
-            Arc::new(QuotaBook::new(PriceCatalog::from_toml("version = \"t\"\neffective_from = \"x\"\n").unwrap()));
+        let book = Arc::new(QuotaBook::new(
+            PriceCatalog::from_toml("version = \"t\"\neffective_from = \"2026-01-01\"\n").unwrap(),
+        ));
         book.apply(decision(1, 1_000, 400, None));
         let first = book.admit(&principal(), || Nanodollars(300), 0).unwrap();
         let second = book.admit(&principal(), || Nanodollars(300), 0).unwrap();

@@ -6,7 +6,10 @@
 
 use schemars::{JsonSchema, schema_for};
 
-use crate::{DeadLetter, Event, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision};
+use crate::{
+    BudgetSpec, DeadLetter, Event, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision,
+    SubjectUpdate,
+};
 
 /// `(file name, pretty-printed schema)` for every event type.
 pub fn all() -> Vec<(String, String)> {
@@ -17,7 +20,21 @@ pub fn all() -> Vec<(String, String)> {
         document::<PolicyViolation>(),
         document::<GovernanceChange>(),
         document::<DeadLetter>(),
+        document::<SubjectUpdate>(),
+        value_document::<BudgetSpec>("budget_spec"),
     ]
+}
+
+/// The schema of a document carried inside an event (a governance change's `value`).
+fn value_document<T: JsonSchema>(name: &str) -> (String, String) {
+    let mut schema = schema_for!(T);
+    schema.insert("$id".to_owned(), serde_json::Value::String(format!("urn:tollgate:value:{name}")));
+    let text = serde_json::to_string_pretty(&schema).unwrap_or_else(|_| schema.as_value().to_string());
+    (
+        format!("{name}.json"),
+        text + "
+",
+    )
 }
 
 fn document<E: Event + JsonSchema>() -> (String, String) {
@@ -61,8 +78,8 @@ mod tests {
     }
 
     #[test]
-    fn every_schema_requires_schema_version() {
-        for (name, text) in super::all() {
+    fn every_event_schema_requires_schema_version() {
+        for (name, text) in super::all().into_iter().filter(|(name, _)| name != "budget_spec.json") {
             let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
             let required = schema["required"].as_array().unwrap();
             assert!(required.iter().any(|field| field == "schema_version"), "{name} does not require schema_version");

@@ -2,7 +2,7 @@
 //!
 //! Every event that travels over the log (Kafka or the embedded log) is defined here:
 //! [`Interaction`], [`PricedInteraction`], [`QuotaDecision`], [`PolicyViolation`],
-//! [`GovernanceChange`] and [`DeadLetter`]. For each this crate owns
+//! [`GovernanceChange`], [`DeadLetter`], and the processor's internal [`SubjectUpdate`]. For each this crate owns
 //!
 //! - the JSON wire encoding ([`encode`] / [`decode`]), versioned by a `schema_version`
 //!   field, with decode errors that name the problem instead of panicking;
@@ -22,6 +22,7 @@
 //! (`gen_ai.request.model` becomes `gen_ai_request_model`), so SQL never needs quoting.
 
 pub mod arrow;
+mod budget;
 mod codec;
 mod common;
 mod dead_letter;
@@ -34,8 +35,9 @@ mod quota;
 pub mod topics;
 mod violation;
 
+pub use budget::{BudgetSpec, SpendEntry, SubjectChange, SubjectUpdate};
 pub use codec::{DecodeError, EncodeError, Event, decode, encode};
-pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, now_unix_micros};
+pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub use governance::{Actor, ActorKind, ChangeAction, GovernanceChange, GovernanceTarget, TargetKind};
 pub use interaction::{

@@ -84,6 +84,8 @@ pub struct ToolPriceDocument {
 pub struct PriceCatalog {
     pub version: String,
     pub effective_from: String,
+    /// `effective_from` as microseconds since the Unix epoch (UTC).
+    pub effective_from_unix_micros: i64,
     /// Provider -> model name (and aliases) -> prices; looked up by `&str`, without
     /// allocating, on every priced call.
     models: HashMap<String, HashMap<String, ModelPrice>>,
@@ -106,6 +108,16 @@ pub struct ModelPrice {
 #[error("invalid price catalog:\n  - {}", .problems.join("\n  - "))]
 pub struct CatalogError {
     pub problems: Vec<String>,
+}
+
+/// An RFC 3339 date (midnight UTC) or date-time, as microseconds since the Unix epoch.
+pub fn parse_utc_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(time.timestamp_micros());
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros())
 }
 
 /// US dollars as a decimal string, in nano-dollars; `None` if it is not a non-negative
@@ -141,6 +153,13 @@ impl PriceCatalog {
         if document.version.trim().is_empty() {
             problems.push("version must not be empty".to_owned());
         }
+        let effective_from_unix_micros = parse_utc_time(&document.effective_from).unwrap_or_else(|| {
+            problems.push(format!(
+                "effective_from `{}` is not an RFC 3339 date (2026-11-01) or date-time (2026-11-01T00:00:00Z)",
+                document.effective_from
+            ));
+            0
+        });
         let mut models = HashMap::new();
         for entry in &document.models {
             let name = format!("{}/{}", entry.provider, entry.model);
@@ -194,6 +213,7 @@ impl PriceCatalog {
         Ok(PriceCatalog {
             version: document.version.clone(),
             effective_from: document.effective_from.clone(),
+            effective_from_unix_micros,
             models,
             tools,
         })

@@ -3,7 +3,9 @@
 //! Both log implementations create topics from [`ALL`], so a fresh Kafka cluster and a
 //! fresh embedded log have the same layout.
 
-use crate::{DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision};
+use crate::{
+    DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision, SubjectUpdate,
+};
 
 /// Every model and tool interaction, from the gateways. Keyed by key id.
 pub const INTERACTIONS: &str = "tollgate.interactions";
@@ -18,6 +20,13 @@ pub const POLICY_VIOLATIONS: &str = "tollgate.policy-violations";
 pub const GOVERNANCE: &str = "tollgate.governance";
 /// Messages a consumer could not use, with the reason. Keyed like the original.
 pub const DEAD_LETTER: &str = "tollgate.dead-letter";
+/// The processor's repartition topic: spend and budget changes re-keyed by budget subject
+/// (`kind:id`), so each subject's whole history is in one partition.
+pub const SUBJECT_UPDATES: &str = "tollgate.subject-updates";
+/// The processor's budget-stage checkpoints: its state with the offset of
+/// [`SUBJECT_UPDATES`] it reflects, in the partition of the input partition it
+/// describes. Must have as many partitions as [`SUBJECT_UPDATES`].
+pub const PROCESSOR_CHECKPOINTS: &str = "tollgate.processor-checkpoints";
 
 /// How a topic is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +38,15 @@ pub struct TopicSpec {
 }
 
 /// Every topic Tollgate uses, with its default layout.
-pub const ALL: [TopicSpec; 6] = [
+pub const ALL: [TopicSpec; 8] = [
     TopicSpec { name: INTERACTIONS, partitions: 8, compacted: false },
     TopicSpec { name: PRICED_INTERACTIONS, partitions: 8, compacted: false },
     TopicSpec { name: QUOTA_DECISIONS, partitions: 4, compacted: true },
     TopicSpec { name: POLICY_VIOLATIONS, partitions: 4, compacted: false },
     TopicSpec { name: GOVERNANCE, partitions: 1, compacted: false },
     TopicSpec { name: DEAD_LETTER, partitions: 1, compacted: false },
+    TopicSpec { name: SUBJECT_UPDATES, partitions: 8, compacted: false },
+    TopicSpec { name: PROCESSOR_CHECKPOINTS, partitions: 8, compacted: false },
 ];
 
 /// The topic an event type travels on, and the key it is published under.
@@ -76,6 +87,13 @@ impl Keyed for GovernanceChange {
     const TOPIC: &'static str = GOVERNANCE;
     fn message_key(&self) -> String {
         self.target.key()
+    }
+}
+
+impl Keyed for SubjectUpdate {
+    const TOPIC: &'static str = SUBJECT_UPDATES;
+    fn message_key(&self) -> String {
+        self.subject.key()
     }
 }
 

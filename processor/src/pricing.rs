@@ -1,0 +1,233 @@
+//! The pricing stage: interactions in; priced interactions, violations and per-subject
+//! spend out.
+//!
+//! A consumer group (`<prefix>-pricing`) over the interactions topic and the governance
+//! topic. For each batch of records:
+//!
+//! - an interaction is priced ([`crate::pricer`]), checked by the detectors
+//!   ([`crate::detect`]) and published as a `PricedInteraction` (its id is the
+//!   interaction's) with its `PolicyViolation`s (ids derived from the interaction and
+//!   rule); its cost is added to a spend update for each subject it counts toward (key,
+//!   user, team, org);
+//! - a budget change on the governance topic becomes a budget update for its subject;
+//! - the spend updates of the batch are published, one per subject and source partition,
+//!   keyed by subject, to the subject-updates topic: the repartition step that brings a
+//!   subject's spend from every interactions partition into one partition of the budget
+//!   stage;
+//! - an undecodable record goes to the dead-letter topic with the reason.
+//!
+//! Once every output is acknowledged the batch's offsets are committed. The stage keeps
+//! no state of its own, so a crash replays at most the uncommitted batches: the same
+//! outputs again, which downstream drops by id (stored records, violations) or by source
+//! offset (spend, in the budget stage).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tollgate_eventlog::{EventLog, Position, Record};
+use tollgate_schemas::pricing::{PriceCatalog, PriceCatalogDocument};
+use tollgate_schemas::topics::{GOVERNANCE, INTERACTIONS};
+use tollgate_schemas::{
+    DeadLetterReason, GovernanceChange, Interaction, Nanodollars, SCHEMA_VERSION, SpendEntry, SubjectChange,
+    SubjectUpdate, TargetKind,
+};
+
+use crate::config::ProcessorConfig;
+use crate::governance::{GovernanceView, budget_spec};
+use crate::metrics::{DeadLetterLabels, PricedLabels, ProcessorMetrics, RuleLabels, StageLabels};
+use crate::stage::{Outputs, StageError, next_batch, send_dead_letter};
+
+const STAGE: &str = "pricing";
+
+/// Runs the pricing stage until `shutdown` turns true or the log fails.
+pub async fn run(
+    log: Arc<dyn EventLog>,
+    view: Arc<GovernanceView>,
+    metrics: Arc<ProcessorMetrics>,
+    config: ProcessorConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StageError> {
+    let group = config.pricing_group();
+    let mut subscription = log.subscribe(&group, &[INTERACTIONS, GOVERNANCE]).await?;
+    let mut lag_checked = Instant::now();
+    let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    loop {
+        let Some(batch) =
+            next_batch(subscription.as_mut(), config.batch_max_records, &mut shutdown, Duration::from_secs(5)).await?
+        else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut outputs = Outputs::default();
+        let mut spend: BTreeMap<(String, i32), SubjectUpdate> = BTreeMap::new();
+        let mut committed: BTreeMap<(String, i32), Position> = BTreeMap::new();
+        for record in &batch {
+            committed.insert((record.topic.clone(), record.partition), record.next_position());
+            if record.topic == GOVERNANCE {
+                governance_record(log.as_ref(), &view, &metrics, &group, record, &mut outputs).await?;
+            } else {
+                interaction_record(log.as_ref(), &view, &metrics, &group, record, &mut outputs, &mut spend).await?;
+            }
+        }
+        for update in spend.values() {
+            outputs.event(log.as_ref(), update).await?;
+        }
+        outputs.acknowledged().await?;
+        let committed: Vec<Position> = committed.into_values().collect();
+        subscription.commit(&committed).await?;
+        for position in committed {
+            positions.insert((position.topic, position.partition), position.next_offset);
+        }
+        let labels = StageLabels { stage: STAGE };
+        metrics.records.get_or_create(&labels).inc_by(batch.len() as u64);
+        metrics.batch_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        if lag_checked.elapsed() >= Duration::from_secs(5) {
+            lag_checked = Instant::now();
+            report_lag(log.as_ref(), &metrics, subscription.assignment(), &positions).await;
+        }
+    }
+}
+
+async fn interaction_record(
+    log: &dyn EventLog,
+    view: &GovernanceView,
+    metrics: &ProcessorMetrics,
+    group: &str,
+    record: &Record,
+    outputs: &mut Outputs,
+    spend: &mut BTreeMap<(String, i32), SubjectUpdate>,
+) -> Result<(), StageError> {
+    let interaction = match tollgate_schemas::decode::<Interaction>(&record.payload) {
+        Ok(interaction) => interaction,
+        Err(error) => {
+            let reason = error.dead_letter_reason();
+            metrics.dead_letters.get_or_create(&DeadLetterLabels { stage: STAGE, reason: reason_label(reason) }).inc();
+            send_dead_letter(outputs, log, record, group, reason, error.to_string()).await?;
+            return Ok(());
+        }
+    };
+    let (priced, unpriced) = view.pricer().priced_interaction(interaction, tollgate_schemas::now_unix_micros());
+    metrics.priced.get_or_create(&PricedLabels { priced: if unpriced { "false" } else { "true" } }).inc();
+    for violation in crate::detect::violations(&priced.interaction, unpriced) {
+        metrics.violations.get_or_create(&RuleLabels { rule: violation.rule_id.clone() }).inc();
+        outputs.event(log, &violation).await?;
+    }
+    let cost = priced.cost.total;
+    if cost > Nanodollars::ZERO {
+        let interaction = &priced.interaction;
+        let entry = SpendEntry { offset: record.offset, time_unix_micros: interaction.time_unix_micros, cost };
+        for subject in interaction.principal.subjects() {
+            let update = spend.entry((subject.key(), record.partition)).or_insert_with(|| SubjectUpdate {
+                schema_version: SCHEMA_VERSION,
+                subject,
+                org_id: interaction.principal.org_id.clone(),
+                source_topic: INTERACTIONS.to_owned(),
+                source_partition: record.partition,
+                change: SubjectChange::Spend { entries: Vec::new() },
+            });
+            if let SubjectChange::Spend { entries } = &mut update.change {
+                entries.push(entry);
+            }
+        }
+    }
+    outputs.event(log, &priced).await?;
+    Ok(())
+}
+
+async fn governance_record(
+    log: &dyn EventLog,
+    view: &GovernanceView,
+    metrics: &ProcessorMetrics,
+    group: &str,
+    record: &Record,
+    outputs: &mut Outputs,
+) -> Result<(), StageError> {
+    let mut reject = async |reason: DeadLetterReason, error: String| {
+        metrics.dead_letters.get_or_create(&DeadLetterLabels { stage: STAGE, reason: reason_label(reason) }).inc();
+        send_dead_letter(outputs, log, record, group, reason, error).await
+    };
+    let change = match tollgate_schemas::decode::<GovernanceChange>(&record.payload) {
+        Ok(change) => change,
+        Err(error) => return Ok(reject(error.dead_letter_reason(), error.to_string()).await?),
+    };
+    match change.target.kind {
+        TargetKind::Budget => {
+            // A lifted budget names only its id: its subject is known from earlier changes.
+            view.read_up_to(record.offset).await;
+            let spec = match budget_spec(&change) {
+                Ok(spec) => spec,
+                Err(error) => return Ok(reject(DeadLetterReason::InvalidEvent, error).await?),
+            };
+            let subject = match &spec {
+                Some(spec) => spec.subject.clone(),
+                None => match view.budget_subject(&change.target.id) {
+                    Some(subject) => subject,
+                    None => {
+                        let error = format!("budget `{}` is lifted but was never set", change.target.id);
+                        return Ok(reject(DeadLetterReason::ProcessingFailed, error).await?);
+                    }
+                },
+            };
+            let update = SubjectUpdate {
+                schema_version: SCHEMA_VERSION,
+                org_id: String::new(),
+                subject,
+                source_topic: GOVERNANCE.to_owned(),
+                source_partition: record.partition,
+                change: SubjectChange::Budget {
+                    source_offset: record.offset,
+                    change_id: change.id,
+                    budget_id: change.target.id.clone(),
+                    spec,
+                },
+            };
+            outputs.event(log, &update).await?;
+        }
+        TargetKind::PriceCatalog if !change.value.is_null() => {
+            let valid = serde_json::from_value::<PriceCatalogDocument>(change.value.clone())
+                .map_err(|error| error.to_string())
+                .and_then(|document| PriceCatalog::from_document(&document).map_err(|error| error.to_string()));
+            if let Err(error) = valid {
+                return Ok(reject(DeadLetterReason::InvalidEvent, format!("price catalog value: {error}")).await?);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub(crate) fn reason_label(reason: DeadLetterReason) -> &'static str {
+    match reason {
+        DeadLetterReason::NotJson => "not_json",
+        DeadLetterReason::UnsupportedSchemaVersion => "unsupported_schema_version",
+        DeadLetterReason::InvalidEvent => "invalid_event",
+        DeadLetterReason::ProcessingFailed => "processing_failed",
+    }
+}
+
+/// Sets the lag gauge of every owned partition from the log's end offsets.
+pub(crate) async fn report_lag(
+    log: &dyn EventLog,
+    metrics: &ProcessorMetrics,
+    assignment: Vec<(String, i32)>,
+    positions: &BTreeMap<(String, i32), i64>,
+) {
+    let topics: std::collections::BTreeSet<String> = assignment.iter().map(|(topic, _)| topic.clone()).collect();
+    for topic in topics {
+        let Some(name) = tollgate_schemas::topics::ALL.iter().find(|spec| spec.name == topic).map(|spec| spec.name)
+        else {
+            continue;
+        };
+        let Ok(ends) = log.end_offsets(&topic).await else { continue };
+        for (partition, end) in ends {
+            if !assignment.contains(&(topic.clone(), partition)) {
+                continue;
+            }
+            let position = positions.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+            let labels = crate::metrics::LagLabels { topic: name, partition };
+            metrics.lag.get_or_create(&labels).set((end - position).max(0));
+        }
+    }
+}
