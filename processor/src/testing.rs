@@ -1,5 +1,5 @@
-//! Builders of realistic events for the processor's tests and benchmarks. Not used by the
-//! processor itself.
+//! Builders of realistic events for the processor's tests and benchmarks, and the
+//! price catalog tools are priced with in them. Not used by the processor itself.
 
 use tollgate_schemas::{
     Call, ContentRecord, GenAiOperation, Interaction, ModelCall, Outcome, OutcomeStatus, Principal, SCHEMA_VERSION,
@@ -69,4 +69,61 @@ pub fn tool_call(server: &str, tool: &str, status: OutcomeStatus) -> Interaction
     interaction.usage = Usage::default();
     interaction.outcome.status = status;
     interaction
+}
+
+/// A deterministic stream of `count` interactions for load, crash and scale-out tests
+/// and for the benchmark: 64 keys of 32 users in 8 teams of 2 orgs, models from the
+/// shipped catalog at several providers, one call in 50 to a model the catalog does not
+/// know, one in 10 a priced tool call, one in 200 with captured content holding an
+/// e-mail address. Event times start at `start_unix_micros` and advance 1 ms per call.
+pub fn workload(count: usize, seed: u64, start_unix_micros: i64) -> Vec<Interaction> {
+    const MODELS: [(&str, &str); 6] = [
+        ("openai", "gpt-4o-mini"),
+        ("openai", "gpt-4.1"),
+        ("anthropic", "claude-sonnet-4-5"),
+        ("anthropic", "claude-haiku-4-5"),
+        ("gcp.gemini", "gemini-2.5-flash"),
+        ("groq", "llama-3.3-70b-versatile"),
+    ];
+    let mut state = seed.max(1);
+    let mut next = move || {
+        // xorshift64*: deterministic, good enough to spread a test load.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    (0..count)
+        .map(|index| {
+            let key = next() % 64;
+            let user = key / 2;
+            let team = user / 4;
+            let org = team / 4;
+            let roll = next() % 200;
+            let mut interaction = if roll < 20 {
+                tool_call("search", "web", OutcomeStatus::Ok)
+            } else if roll < 24 {
+                model_call("openai", "gpt-unknown-preview", 100 + next() % 900, 10 + next() % 90)
+            } else {
+                let (provider, model) = MODELS[usize::try_from(next() % 6).unwrap_or(0)];
+                model_call(provider, model, 50 + next() % 4_000, 10 + next() % 1_000)
+            };
+            if roll == 199 {
+                interaction.content.captured = Some(tollgate_schemas::CapturedContent {
+                    request: format!(r#"{{"messages":[{{"role":"user","content":"mail user{user}@example.com"}}]}}"#),
+                    response: None,
+                    redacted: false,
+                });
+            }
+            interaction.time_unix_micros = start_unix_micros + i64::try_from(index).unwrap_or(0) * 1_000;
+            interaction.principal = Principal {
+                org_id: format!("org-{org}"),
+                team_id: Some(format!("team-{team}")),
+                user_id: Some(format!("user-{user}")),
+                project_id: None,
+                key_id: format!("key-{key}"),
+            };
+            interaction
+        })
+        .collect()
 }
