@@ -232,7 +232,9 @@ async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer:
 
     // No decision duplicated in meaning: one meaning per subject and version.
     let decisions = read_topic::<QuotaDecision>(log, QUOTA_DECISIONS).await;
-    let mut meanings: HashMap<(String, u64), (String, i64, i64, i64, &'static str, uuid::Uuid)> = HashMap::new();
+    // Budget, window start, spent, limit, state, id.
+    type Meaning = (String, i64, i64, i64, &'static str, uuid::Uuid);
+    let mut meanings: HashMap<(String, u64), Meaning> = HashMap::new();
     for decision in &decisions {
         let meaning = (
             decision.budget_id.clone(),
