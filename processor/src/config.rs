@@ -186,9 +186,12 @@ impl ProcessorConfig {
 
     /// Applies the processor's Kafka client settings to `kafka`: its defaults, then the
     /// configured properties. Defaults: fetches answer within 20 ms when there is little
-    /// to read (decisions should not wait for a full fetch), the producer batches for
-    /// 2 ms, and a member that stops heartbeating loses its partitions after 10 s (a
-    /// crashed instance's work moves on quickly).
+    /// to read (decisions should not wait for a full fetch), a member that stops
+    /// heartbeating loses its partitions after 10 s (a crashed instance's work moves on
+    /// quickly), and the producer batches for 2 ms with one request in flight per
+    /// connection: with five, librdkafka's I/O thread spun while the broker was the
+    /// slower side and took twice the processor's CPU for the same work
+    /// (`scripts/bench-processor`, see BENCHMARKS.md).
     pub fn kafka_defaults(&self, kafka: &mut tollgate_eventlog::KafkaConfig) {
         let consumer =
             [("fetch.wait.max.ms", "20"), ("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000")];
@@ -196,6 +199,7 @@ impl ProcessorConfig {
             kafka.consumer_properties.insert(name.to_owned(), value.to_owned());
         }
         kafka.producer_properties.insert("linger.ms".to_owned(), "2".to_owned());
+        kafka.producer_properties.insert("max.in.flight.requests.per.connection".to_owned(), "1".to_owned());
         kafka.properties.extend(self.kafka_properties.clone());
         kafka.producer_properties.extend(self.kafka_producer_properties.clone());
         kafka.consumer_properties.extend(self.kafka_consumer_properties.clone());

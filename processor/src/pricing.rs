@@ -16,8 +16,9 @@
 //!   stage;
 //! - an undecodable record goes to the dead-letter topic with the reason.
 //!
-//! Once every output is acknowledged the batch's offsets are committed. The stage keeps
-//! no state of its own, so a crash replays at most the uncommitted batches: the same
+//! Once every output of a batch is acknowledged its offsets may be committed (every
+//! quarter second). The stage keeps no state of its own, so a crash replays at most the
+//! uncommitted batches: the same
 //! outputs again, which downstream drops by id (stored records, violations) or by source
 //! offset (spend, in the budget stage).
 
@@ -28,10 +29,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tollgate_eventlog::{EventLog, Position, Record};
 use tollgate_schemas::pricing::{PriceCatalog, PriceCatalogDocument};
-use tollgate_schemas::topics::{GOVERNANCE, INTERACTIONS};
+use tollgate_schemas::topics::{GOVERNANCE, INTERACTIONS, Keyed, PRICED_INTERACTIONS};
 use tollgate_schemas::{
-    DeadLetterReason, GovernanceChange, Interaction, Nanodollars, SCHEMA_VERSION, SpendEntry, SubjectChange,
-    SubjectUpdate, TargetKind,
+    DeadLetterReason, GovernanceChange, Interaction, Nanodollars, PricedInteraction, SCHEMA_VERSION, SpendEntry,
+    SubjectChange, SubjectUpdate, TargetKind,
 };
 
 use crate::config::ProcessorConfig;
@@ -53,12 +54,19 @@ pub async fn run(
     let mut subscription = log.subscribe(&group, &[INTERACTIONS, GOVERNANCE]).await?;
     let mut lag_checked = Instant::now();
     let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    // Positions whose outputs are acknowledged but not yet committed.
+    let mut uncommitted: BTreeMap<(String, i32), Position> = BTreeMap::new();
+    let mut last_commit = Instant::now();
     loop {
-        let Some(batch) =
-            next_batch(subscription.as_mut(), config.batch_max_records, &mut shutdown, Duration::from_secs(5)).await?
-        else {
-            return Ok(());
-        };
+        let batch = next_batch(subscription.as_mut(), config.batch_max_records, &mut shutdown, COMMIT_INTERVAL).await?;
+        if batch.as_ref().is_none_or(Vec::is_empty) || last_commit.elapsed() >= COMMIT_INTERVAL {
+            commit(subscription.as_mut(), &mut uncommitted).await?;
+            last_commit = Instant::now();
+        }
+        let Some(batch) = batch else { return Ok(()) };
+        if batch.is_empty() {
+            continue;
+        }
         let started = Instant::now();
         let mut outputs = Outputs::default();
         let mut spend: BTreeMap<(String, i32), SubjectUpdate> = BTreeMap::new();
@@ -75,10 +83,9 @@ pub async fn run(
             outputs.event(log.as_ref(), update).await?;
         }
         outputs.acknowledged().await?;
-        let committed: Vec<Position> = committed.into_values().collect();
-        subscription.commit(&committed).await?;
-        for position in committed {
-            positions.insert((position.topic, position.partition), position.next_offset);
+        for (partition, position) in committed {
+            positions.insert(partition.clone(), position.next_offset);
+            uncommitted.insert(partition, position);
         }
         let labels = StageLabels { stage: STAGE };
         metrics.records.get_or_create(&labels).inc_by(batch.len() as u64);
@@ -88,6 +95,29 @@ pub async fn run(
             report_lag(log.as_ref(), &metrics, subscription.assignment(), &positions).await;
         }
     }
+}
+
+/// How often the stage commits its offsets. A crash replays at most this much more;
+/// committing after every batch would put a broker round trip on every batch's path.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Commits the positions of the partitions still assigned. A failed commit (a rebalance
+/// in progress, say) only means those records are read again by whoever owns them next.
+async fn commit(
+    subscription: &mut dyn tollgate_eventlog::Subscription,
+    uncommitted: &mut BTreeMap<(String, i32), Position>,
+) -> Result<(), StageError> {
+    if uncommitted.is_empty() {
+        return Ok(());
+    }
+    let assigned = subscription.assignment();
+    let positions: Vec<Position> =
+        uncommitted.values().filter(|p| assigned.contains(&(p.topic.clone(), p.partition))).cloned().collect();
+    uncommitted.clear();
+    if let Err(error) = subscription.commit(&positions).await {
+        tracing::warn!(%error, "committing pricing-stage offsets failed; those records will be priced again");
+    }
+    Ok(())
 }
 
 async fn interaction_record(
@@ -132,8 +162,42 @@ async fn interaction_record(
             }
         }
     }
-    outputs.event(log, &priced).await?;
+    let payload = priced_payload(&record.payload, &priced);
+    outputs.raw(log, PRICED_INTERACTIONS, priced.message_key().as_bytes(), &payload).await?;
     Ok(())
+}
+
+/// The JSON of `priced`, with the interaction as the gateway wrote it (`raw`, which has
+/// just decoded as a valid interaction) instead of encoded again: the same document,
+/// for less work on the hot path, and fields a newer gateway added survive.
+fn priced_payload(raw: &[u8], priced: &PricedInteraction) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Rest<'a> {
+        cost: &'a tollgate_schemas::Cost,
+        price_catalog_version: &'a str,
+        priced: bool,
+        priced_at_unix_micros: i64,
+    }
+    let rest = Rest {
+        cost: &priced.cost,
+        price_catalog_version: &priced.price_catalog_version,
+        priced: priced.priced,
+        priced_at_unix_micros: priced.priced_at_unix_micros,
+    };
+    match serde_json::to_vec(&rest) {
+        // `{"cost":...}` becomes the tail of `{"schema_version":N,"interaction":RAW,"cost":...}`.
+        Ok(rest) if rest.first() == Some(&b'{') => {
+            let mut payload = Vec::with_capacity(raw.len() + rest.len() + 40);
+            payload.extend_from_slice(b"{\"schema_version\":");
+            payload.extend_from_slice(priced.schema_version.to_string().as_bytes());
+            payload.extend_from_slice(b",\"interaction\":");
+            payload.extend_from_slice(raw.trim_ascii());
+            payload.push(b',');
+            payload.extend_from_slice(&rest[1..]);
+            payload
+        }
+        _ => tollgate_schemas::encode(priced).unwrap_or_default(),
+    }
 }
 
 async fn governance_record(
@@ -229,5 +293,22 @@ pub(crate) async fn report_lag(
             let labels = crate::metrics::LagLabels { topic: name, partition };
             metrics.lag.get_or_create(&labels).set((end - position).max(0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::model_call;
+
+    #[test]
+    fn the_spliced_record_is_the_priced_interaction() {
+        let interaction = model_call("openai", "gpt-4o", 1_000, 100);
+        let raw = tollgate_schemas::encode(&interaction).unwrap();
+        let pricer = crate::pricer::Pricer::new(PriceCatalog::shipped().unwrap());
+        let (priced, _) = pricer.priced_interaction(interaction, 1_794_000_000_000_000);
+        let decoded: PricedInteraction = tollgate_schemas::decode(&priced_payload(&raw, &priced)).unwrap();
+        assert_eq!(decoded, priced);
+        assert!(priced.cost.total.0 > 0);
     }
 }

@@ -70,19 +70,15 @@ pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes and validates an event. Never panics, whatever the bytes.
 ///
-/// The happy path parses once. Only when that fails is the document looked at again to
-/// tell a version mismatch from a malformed field.
+/// The happy path parses once, without tracking the path (consumers decode every event,
+/// so this is the hot path). Only when that fails is the document parsed again, with
+/// path tracking, to name the field at fault and tell a version mismatch from a
+/// malformed field.
 pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, DecodeError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let result: Result<E, _> = serde_path_to_error::deserialize(&mut deserializer);
-    let event = match result {
+    let event = match serde_json::from_slice::<E>(bytes) {
         Ok(event) => event,
-        Err(error) => return Err(classify_failure::<E>(bytes, error)),
+        Err(_) => return Err(explain_failure::<E>(bytes)),
     };
-    // Trailing bytes after the object make the payload malformed, as in serde_json::from_slice.
-    if let Err(error) = deserializer.end() {
-        return Err(DecodeError::NotJson { event: E::NAME, message: error.to_string() });
-    }
     if event.schema_version() != SCHEMA_VERSION {
         return Err(DecodeError::UnsupportedSchemaVersion {
             event: E::NAME,
@@ -92,6 +88,20 @@ pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, DecodeError> {
     }
     event.validate().map_err(|message| DecodeError::Invariant { event: E::NAME, message })?;
     Ok(event)
+}
+
+/// Why `bytes` did not decode as `E`, found by decoding again with path tracking.
+fn explain_failure<E: Event>(bytes: &[u8]) -> DecodeError {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let result: Result<E, _> = serde_path_to_error::deserialize(&mut deserializer);
+    match result {
+        Err(error) => classify_failure::<E>(bytes, error),
+        // The event itself parsed: what failed is the end of the input.
+        Ok(_) => match deserializer.end() {
+            Err(error) => DecodeError::NotJson { event: E::NAME, message: error.to_string() },
+            Ok(()) => DecodeError::NotJson { event: E::NAME, message: "undecodable payload".to_owned() },
+        },
+    }
 }
 
 fn classify_failure<E: Event>(bytes: &[u8], error: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
