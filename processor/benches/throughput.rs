@@ -105,13 +105,15 @@ fn main() {
             })
             .collect();
         let mut config = ProcessorConfig { budgets, ..ProcessorConfig::default() };
-        // Extra librdkafka producer properties for experiments, as `name=value,name=value`.
-        if let Ok(extra) = std::env::var("TOLLGATE_BENCH_PRODUCER_PROPERTIES") {
-            for pair in extra.split(',').filter(|pair| !pair.is_empty()) {
+        // Extra librdkafka properties for experiments, as `name=value,name=value`.
+        let extra = |variable: &str, properties: &mut std::collections::BTreeMap<String, String>| {
+            for pair in std::env::var(variable).unwrap_or_default().split(',').filter(|pair| !pair.is_empty()) {
                 let (name, value) = pair.split_once('=').expect("name=value");
-                config.kafka_producer_properties.insert(name.to_owned(), value.to_owned());
+                properties.insert(name.to_owned(), value.to_owned());
             }
-        }
+        };
+        extra("TOLLGATE_BENCH_PRODUCER_PROPERTIES", &mut config.kafka_producer_properties);
+        extra("TOLLGATE_BENCH_CONSUMER_PROPERTIES", &mut config.kafka_consumer_properties);
         let mut kafka = KafkaConfig::new(&brokers);
         config.kafka_defaults(&mut kafka);
         let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());

@@ -93,11 +93,12 @@ start_broker() {
     port=$(free_port)
     # SQLite storage rather than memory://: tansu 0.6's memory engine reports a high
     # watermark of one per produced batch instead of one per record. The path is relative
-    # to the broker's working directory.
+    # to the broker's working directory. TOLLGATE_TEST_BROKER_STORAGE overrides it for
+    # experiments (for example memory://tansu/ to see what the storage costs).
     (cd "$workdir" && exec "$HOME/.cargo/bin/tansu" broker \
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine sqlite://tansu.db \
+        --storage-engine "${TOLLGATE_TEST_BROKER_STORAGE:-sqlite://tansu.db}" \
         >"$workdir/tansu.log" 2>&1) &
     pids+=($!)
     export TOLLGATE_TEST_BROKER_PID=$!
