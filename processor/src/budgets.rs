@@ -19,6 +19,10 @@
 //! A crash anywhere loses only the work since the last checkpoint, which is redone from
 //! the log with the same results: decisions carry the same versions and ids, violations
 //! the same ids.
+//!
+//! Once a second the stage also publishes a decision for each subject whose budget window
+//! (a UTC day or month) ended with no update since ([`PartitionLedger::rollovers`]), so
+//! gateways see the new window's state without waiting for the subject's next call.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,6 +65,9 @@ pub async fn run(
     let mut owned: BTreeMap<i32, Owned> = BTreeMap::new();
     let mut generation = None;
     let mut lag_checked = Instant::now();
+    let mut rollovers_checked = Instant::now();
+    // The rollover decisions already published, by subject key: version.
+    let mut rolled_over: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let idle = (config.checkpoint_interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let batch = next_batch(subscription.as_mut(), config.batch_max_records, &mut shutdown, idle).await?;
@@ -112,6 +119,20 @@ pub async fn run(
                 }
             }
         }
+        if rollovers_checked.elapsed() >= ROLLOVER_CHECK {
+            rollovers_checked = Instant::now();
+            for partition in owned.values() {
+                for decision in partition.ledger.rollovers(now) {
+                    let key = decision.subject.key();
+                    if rolled_over.get(&key) == Some(&decision.version) {
+                        continue;
+                    }
+                    metrics.decisions.get_or_create(&StateLabels { state: decision.state.as_str() }).inc();
+                    outputs.event(log.as_ref(), &decision).await?;
+                    rolled_over.insert(key, decision.version);
+                }
+            }
+        }
         outputs.acknowledged().await?;
         if !batch.is_empty() {
             let labels = StageLabels { stage: STAGE };
@@ -130,6 +151,9 @@ pub async fn run(
         }
     }
 }
+
+/// How often the stage looks for budget windows that ended without an update.
+const ROLLOVER_CHECK: Duration = Duration::from_secs(1);
 
 /// Brings the owned partitions in line with the assignment after a rebalance.
 async fn reconcile(

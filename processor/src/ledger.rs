@@ -9,8 +9,9 @@
 //! - a checkpoint (ledger plus `next_offset`) is valid whoever wrote it, and replaying
 //!   the partition from a checkpoint gives the state and outputs of one clean pass;
 //! - every output has a stable identity: a decision's version is the offset of the
-//!   update that caused it plus one (subjects live in one partition, so versions only
-//!   increase per subject), and a violation's id is derived from what it is about.
+//!   update that caused it plus one, times 65,536 (subjects live in one partition, so
+//!   versions only increase per subject; the numbers in between are for window
+//!   rollovers), and a violation's id is derived from what it is about.
 //!
 //! Exactly-once application: each subject remembers, per source partition, the highest
 //! source offset it applied. The pricing stage may send the same spend twice (after a
@@ -18,8 +19,10 @@
 //!
 //! Windows are UTC calendar days and months of the interactions' event times. The
 //! ledger's clock is the latest event time it has seen (budget changes count by the time
-//! in their change id), so a quiet subject's window rolls over with the next update;
-//! gateways meanwhile stop applying a decision whose window has ended.
+//! in their change id). A quiet subject's window rolls over by the wall clock through
+//! [`PartitionLedger::rollovers`], which the budget stage asks now and then; it reads
+//! state without changing it, so determinism holds. Gateways also stop applying a
+//! decision whose window has ended.
 
 use std::collections::BTreeMap;
 
@@ -127,6 +130,9 @@ pub struct SubjectLedger {
 /// What the last published decision said, to tell whether a new one is due.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionMemo {
+    /// The version the decision was published with.
+    #[serde(default)]
+    pub version: u64,
     pub budget_id: String,
     pub window_start_unix_micros: i64,
     pub state: QuotaState,
@@ -235,6 +241,40 @@ impl PartitionLedger {
         outputs
     }
 
+    /// Decisions for the subjects whose last decision's window has ended by
+    /// `now_unix_micros` (a day or month rolled over with no update since): each is the
+    /// subject's state in the window containing `now`, with the version after its last
+    /// decision. Changes nothing: the next update's decision supersedes them (its version
+    /// is higher), and asking again gives the same decisions.
+    pub fn rollovers(&self, now_unix_micros: i64) -> Vec<QuotaDecision> {
+        let clock = self.clock_unix_micros.max(now_unix_micros);
+        let mut decisions = Vec::new();
+        for ledger in self.subjects.values() {
+            let Some(memo) = &ledger.last_decision else { continue };
+            let Some(spec) = ledger.budgets.get(&memo.budget_id) else { continue };
+            let ended = window_at(spec.window, memo.window_start_unix_micros)
+                .end_unix_micros
+                .is_some_and(|end| end <= now_unix_micros);
+            if !ended {
+                continue;
+            }
+            let mut copy = ledger.clone();
+            let change = SubjectChange::Spend { entries: Vec::new() };
+            copy.last_decision = None;
+            if let Some(mut decision) = decide(&mut copy, clock, 0, &change, now_unix_micros) {
+                decision.version = memo.version.saturating_add(1);
+                decision.id = derived_id(
+                    decision.window.start_unix_micros,
+                    &[b"rollover", ledger.subject.key().as_bytes(), &decision.version.to_be_bytes()],
+                );
+                decision.reason =
+                    decision.reason.map(|reason| format!("new {} window: {reason}", spec.window.as_str()));
+                decisions.push(decision);
+            }
+        }
+        decisions
+    }
+
     /// Moves past an update that could not be decoded (it went to the dead-letter topic).
     pub fn skip(&mut self, offset: i64) {
         self.next_offset = self.next_offset.max(offset + 1);
@@ -308,6 +348,15 @@ fn severity(state: QuotaState) -> u8 {
     }
 }
 
+/// Versions leave room between two updates' decisions for the window rollovers published
+/// in between ([`PartitionLedger::rollovers`]).
+const VERSIONS_PER_UPDATE: u64 = 1 << 16;
+
+/// The version of a decision caused by the update at `offset`.
+fn version_of(offset: i64) -> u64 {
+    (u64::try_from(offset).unwrap_or(0) + 1).saturating_mul(VERSIONS_PER_UPDATE)
+}
+
 /// The decision to publish after an update, if the subject's state changed (or, for a
 /// hard budget, its spend did: gateways add their own unreflected spend to it).
 fn decide(
@@ -329,7 +378,7 @@ fn decide(
                 .then((b.spec.limit.0 - b.spent).cmp(&(a.spec.limit.0 - a.spent)))
                 .then(b.budget_id.cmp(a.budget_id))
         });
-    let version = u64::try_from(offset).unwrap_or(0) + 1;
+    let version = version_of(offset);
     let source_offsets: Vec<SourceOffset> = ledger
         .applied
         .get(INTERACTIONS)
@@ -366,6 +415,7 @@ fn decide(
         });
     };
     let memo = DecisionMemo {
+        version,
         budget_id: binding.budget_id.to_owned(),
         window_start_unix_micros: binding.window.start_unix_micros,
         state: binding.state,
@@ -562,7 +612,7 @@ mod tests {
         let mut ledger = PartitionLedger::default();
         let first = ledger.apply(0, &budget(0, "ml-monthly", WindowKind::Month, 10, true), &config, 0);
         let decision = decisions(&first)[0];
-        assert_eq!((decision.state, decision.version, decision.spent.0), (QuotaState::Allow, 1, 0));
+        assert_eq!((decision.state, decision.version, decision.spent.0), (QuotaState::Allow, 1 << 16, 0));
         assert_eq!(decision.window.start_unix_micros, 1_793_491_200_000_000, "2026-11-01");
         assert_eq!(decision.window.end_unix_micros, Some(1_796_083_200_000_000), "2026-12-01");
 
@@ -570,7 +620,7 @@ mod tests {
         let decision = decisions(&outputs)[0];
         assert_eq!((decision.state, decision.spent.0, decision.remaining.0), (QuotaState::Warn, 6 * USD, 4 * USD));
         assert_eq!(decision.reason.as_deref(), Some("alert threshold 50% crossed (60% spent)"));
-        assert_eq!(decision.version, 2);
+        assert_eq!(decision.version, 2 << 16);
         assert_eq!(decision.source_offsets, [SourceOffset { topic: INTERACTIONS.to_owned(), partition: 3, offset: 2 }]);
 
         // The same spend again (a re-sent batch overlapping the next): only offset 2 counts.
@@ -653,6 +703,28 @@ mod tests {
         assert_eq!(violation.principal.team_id.as_deref(), Some("ml"));
         assert!(violation.summary.contains("4.000000000 USD"), "{}", violation.summary);
         assert!(feed(&mut ledger, start + 12 * bucket + 2, 3 * USD).is_empty(), "once per bucket");
+    }
+
+    #[test]
+    fn a_window_that_ends_without_updates_rolls_over() {
+        let config = AnomalyConfig::default();
+        let mut ledger = PartitionLedger::default();
+        ledger.apply(0, &budget(0, "daily", WindowKind::Day, 5, true), &config, 0);
+        let outputs = ledger.apply(1, &spend(0, &[(0, NOV_10, 6 * USD)]), &config, 0);
+        let blocked = decisions(&outputs)[0].clone();
+        assert_eq!(blocked.state, QuotaState::Block);
+        assert!(ledger.rollovers(NOV_10 + DAY - 1).is_empty(), "the day is not over");
+        let before = ledger.clone();
+        let rolled = ledger.rollovers(NOV_10 + DAY + 60_000_000);
+        assert_eq!(ledger, before, "asking changes nothing");
+        assert_eq!(rolled.len(), 1);
+        let next_day = &rolled[0];
+        assert_eq!((next_day.state, next_day.spent.0), (QuotaState::Allow, 0));
+        assert_eq!(next_day.window.start_unix_micros, NOV_10 + DAY);
+        assert_eq!(next_day.version, blocked.version + 1);
+        assert_eq!(rolled, ledger.rollovers(NOV_10 + DAY + 60_000_000), "the same decision every time");
+        let outputs = ledger.apply(2, &spend(0, &[(1, NOV_10 + DAY + 1, USD)]), &config, 0);
+        assert!(decisions(&outputs)[0].version > next_day.version, "the next update's decision supersedes it");
     }
 
     #[test]
