@@ -396,21 +396,10 @@ impl EventLog for EmbeddedLog {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         run_blocking(move || {
             let connection = open_connection(&database)?;
-            let mut statement = connection.prepare(
-                "SELECT offset, timestamp_ms, key, payload FROM records
-                 WHERE topic_id = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
-            )?;
-            let rows = statement.query_map(params![info.id, partition, from_offset, limit], |row| {
-                Ok(Record {
-                    topic: topic.clone(),
-                    partition,
-                    offset: row.get(0)?,
-                    timestamp_millis: row.get(1)?,
-                    key: row.get(2)?,
-                    payload: row.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut statement = connection.prepare(READ_RECORDS)?;
+            let mut records = Vec::new();
+            read_records(&mut statement, &topic, info.id, partition, from_offset, limit, &mut records)?;
+            Ok(records)
         })
         .await
     }
@@ -463,6 +452,36 @@ impl EventLog for EmbeddedLog {
         })
         .await
     }
+}
+
+/// Up to `?4` records of one partition from offset `?3` on.
+const READ_RECORDS: &str = "SELECT offset, timestamp_ms, key, payload FROM records
+     WHERE topic_id = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4";
+
+/// Runs [`READ_RECORDS`] and appends what it finds to `records`.
+fn read_records(
+    statement: &mut rusqlite::Statement<'_>,
+    topic: &str,
+    topic_id: i64,
+    partition: i32,
+    from_offset: i64,
+    limit: i64,
+    records: &mut Vec<Record>,
+) -> Result<(), LogError> {
+    let rows = statement.query_map(params![topic_id, partition, from_offset, limit], |row| {
+        Ok(Record {
+            topic: topic.to_owned(),
+            partition,
+            offset: row.get(0)?,
+            timestamp_millis: row.get(1)?,
+            key: row.get(2)?,
+            payload: row.get(3)?,
+        })
+    })?;
+    for row in rows {
+        records.push(row?);
+    }
+    Ok(())
 }
 
 async fn run_blocking<T: Send + 'static>(
@@ -599,25 +618,10 @@ impl EmbeddedSubscription {
         let reader = Arc::clone(&self.reader);
         let records = run_blocking(move || {
             let connection = reader.lock().map_err(|_| LogError::Closed)?;
-            let mut statement = connection.prepare_cached(
-                "SELECT offset, timestamp_ms, key, payload FROM records
-                 WHERE topic_id = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
-            )?;
+            let mut statement = connection.prepare_cached(READ_RECORDS)?;
             let mut records = Vec::new();
             for (topic, topic_id, partition, position) in wanted {
-                let rows = statement.query_map(params![topic_id, partition, position, FETCH_BATCH], |row| {
-                    Ok(Record {
-                        topic: topic.clone(),
-                        partition,
-                        offset: row.get(0)?,
-                        timestamp_millis: row.get(1)?,
-                        key: row.get(2)?,
-                        payload: row.get(3)?,
-                    })
-                })?;
-                for row in rows {
-                    records.push(row?);
-                }
+                read_records(&mut statement, &topic, topic_id, partition, position, FETCH_BATCH, &mut records)?;
             }
             Ok(records)
         })

@@ -105,6 +105,15 @@ impl KafkaLog {
         Ok(KafkaLog { config: Arc::new(config), producer, admin: Arc::new(admin) })
     }
 
+    /// Hands `record` to librdkafka now (`send_result`: no await, so it batches).
+    fn enqueue(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<PendingAck, LogError> {
+        match self.producer.send_result(record) {
+            Ok(delivery) => Ok(PendingAck(AckSource::Kafka(delivery))),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(LogError::QueueFull),
+            Err((error, _)) => Err(LogError::Kafka(error)),
+        }
+    }
+
     /// Waits until every enqueued event is acknowledged or `timeout` passes. Blocks the
     /// calling thread: call it from `spawn_blocking` or at shutdown.
     pub fn flush(&self, timeout: Duration) -> Result<(), LogError> {
@@ -137,21 +146,11 @@ impl EventLog for KafkaLog {
     }
 
     fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
-        let record = FutureRecord::to(topic).key(key).payload(payload);
-        match self.producer.send_result(record) {
-            Ok(delivery) => Ok(PendingAck(AckSource::Kafka(delivery))),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(LogError::QueueFull),
-            Err((error, _)) => Err(LogError::Kafka(error)),
-        }
+        self.enqueue(FutureRecord::to(topic).key(key).payload(payload))
     }
 
     fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
-        let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
-        match self.producer.send_result(record) {
-            Ok(delivery) => Ok(PendingAck(AckSource::Kafka(delivery))),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(LogError::QueueFull),
-            Err((error, _)) => Err(LogError::Kafka(error)),
-        }
+        self.enqueue(FutureRecord::to(topic).partition(partition).key(key).payload(payload))
     }
 
     async fn read(&self, topic: &str, partition: i32, from_offset: i64, max: usize) -> Result<Vec<Record>, LogError> {

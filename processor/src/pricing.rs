@@ -133,9 +133,7 @@ async fn interaction_record(
         Ok(interaction) => interaction,
         Err(error) => {
             let reason = error.dead_letter_reason();
-            metrics.dead_letters.get_or_create(&DeadLetterLabels { stage: STAGE, reason: reason_label(reason) }).inc();
-            send_dead_letter(outputs, log, record, group, reason, error.to_string()).await?;
-            return Ok(());
+            return reject(log, metrics, group, record, outputs, reason, error.to_string()).await;
         }
     };
     let (priced, unpriced) = view.pricer().priced_interaction(interaction, tollgate_schemas::now_unix_micros());
@@ -208,13 +206,12 @@ async fn governance_record(
     record: &Record,
     outputs: &mut Outputs,
 ) -> Result<(), StageError> {
-    let mut reject = async |reason: DeadLetterReason, error: String| {
-        metrics.dead_letters.get_or_create(&DeadLetterLabels { stage: STAGE, reason: reason_label(reason) }).inc();
-        send_dead_letter(outputs, log, record, group, reason, error).await
+    let mut refuse = async |reason: DeadLetterReason, error: String| {
+        reject(log, metrics, group, record, outputs, reason, error).await
     };
     let change = match tollgate_schemas::decode::<GovernanceChange>(&record.payload) {
         Ok(change) => change,
-        Err(error) => return Ok(reject(error.dead_letter_reason(), error.to_string()).await?),
+        Err(error) => return refuse(error.dead_letter_reason(), error.to_string()).await,
     };
     match change.target.kind {
         TargetKind::Budget => {
@@ -222,7 +219,7 @@ async fn governance_record(
             view.read_up_to(record.offset).await;
             let spec = match budget_spec(&change) {
                 Ok(spec) => spec,
-                Err(error) => return Ok(reject(DeadLetterReason::InvalidEvent, error).await?),
+                Err(error) => return refuse(DeadLetterReason::InvalidEvent, error).await,
             };
             let subject = match &spec {
                 Some(spec) => spec.subject.clone(),
@@ -230,7 +227,7 @@ async fn governance_record(
                     Some(subject) => subject,
                     None => {
                         let error = format!("budget `{}` is lifted but was never set", change.target.id);
-                        return Ok(reject(DeadLetterReason::ProcessingFailed, error).await?);
+                        return refuse(DeadLetterReason::ProcessingFailed, error).await;
                     }
                 },
             };
@@ -254,12 +251,26 @@ async fn governance_record(
                 .map_err(|error| error.to_string())
                 .and_then(|document| PriceCatalog::from_document(&document).map_err(|error| error.to_string()));
             if let Err(error) = valid {
-                return Ok(reject(DeadLetterReason::InvalidEvent, format!("price catalog value: {error}")).await?);
+                return refuse(DeadLetterReason::InvalidEvent, format!("price catalog value: {error}")).await;
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Sends `record` to the dead-letter topic, counted.
+async fn reject(
+    log: &dyn EventLog,
+    metrics: &ProcessorMetrics,
+    group: &str,
+    record: &Record,
+    outputs: &mut Outputs,
+    reason: DeadLetterReason,
+    error: String,
+) -> Result<(), StageError> {
+    metrics.dead_letters.get_or_create(&DeadLetterLabels { stage: STAGE, reason: reason_label(reason) }).inc();
+    Ok(send_dead_letter(outputs, log, record, group, reason, error).await?)
 }
 
 pub(crate) fn reason_label(reason: DeadLetterReason) -> &'static str {
