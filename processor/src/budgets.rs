@@ -14,7 +14,9 @@
 //!   record fetched before a seek took effect is never applied twice.
 //! - After each batch the outputs are published and acknowledged; then, every
 //!   `checkpoint_interval`, each changed partition's ledger is checkpointed and the group
-//!   offset committed (for lag tooling; the checkpoint is what counts).
+//!   offset committed (for lag tooling; the checkpoint is what counts). An unchanged
+//!   partition is checkpointed again every six hours, so its newest checkpoint is always
+//!   within the checkpoints topic's retention.
 //!
 //! A crash anywhere loses only the work since the last checkpoint, which is redone from
 //! the log with the same results: decisions carry the same versions and ids, violations
@@ -152,6 +154,10 @@ pub async fn run(
     }
 }
 
+/// How often a partition that has not changed is checkpointed anyway, so its newest
+/// checkpoint never ages out of the checkpoints topic's retention.
+const CHECKPOINT_REFRESH: Duration = Duration::from_secs(6 * 3600);
+
 /// How often the stage looks for budget windows that ended without an update.
 const ROLLOVER_CHECK: Duration = Duration::from_secs(1);
 
@@ -225,7 +231,8 @@ async fn checkpoint(
             .checkpoint_age_seconds
             .get_or_create(&PartitionLabels { partition: *partition })
             .set(i64::try_from(state.checkpointed_at.elapsed().as_secs()).unwrap_or(i64::MAX));
-        if !state.dirty || state.checkpointed_at.elapsed() < interval {
+        let due = if state.dirty { interval } else { CHECKPOINT_REFRESH };
+        if state.checkpointed_at.elapsed() < due {
             continue;
         }
         crate::checkpoint::write(log, *partition, &state.ledger, &config.instance_id).await?;
