@@ -105,6 +105,10 @@ struct ProcessorArgs {
     /// Address for /metrics and /healthz, overriding `processor.metrics_listen`.
     #[arg(long, env = "TOLLGATE_PROCESSOR_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Write the Parquet archive here (a directory or an `s3://` URL), overriding
+    /// `archive.location`; the other `[archive]` settings keep their values or defaults.
+    #[arg(long, env = "TOLLGATE_ARCHIVE")]
+    archive: Option<String>,
     /// Check the configuration, print a summary, and exit.
     #[arg(long)]
     validate: bool,
@@ -244,6 +248,12 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     if let Some(address) = args.metrics_listen {
         config.metrics_listen = Some(address);
     }
+    if let Some(location) = args.archive {
+        match &mut config.archive {
+            Some(archive) => archive.location = location,
+            None => config.archive = Some(tollgate_processor::config::ArchiveConfig::new(location)),
+        }
+    }
     let (catalog_text, catalog_source) = match &args.price_catalog {
         Some(path) => (
             std::fs::read_to_string(path).with_context(|| format!("reading the price catalog {}", path.display()))?,
@@ -256,11 +266,12 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     let catalog = PriceCatalog::from_document(&document)?;
     if args.validate {
         println!(
-            "{}: valid; instance {}, {} budgets, price catalog {} ({catalog_source})",
+            "{}: valid; instance {}, {} budgets, price catalog {} ({catalog_source}), archive {}",
             args.config.as_ref().map_or_else(|| "defaults".to_owned(), |path| path.display().to_string()),
             config.instance_id,
             config.budgets.len(),
             catalog.version,
+            config.archive.as_ref().map_or("off", |archive| archive.location.as_str()),
         );
         return Ok(());
     }

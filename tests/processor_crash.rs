@@ -4,6 +4,10 @@
 //! every window equals a clean computation to the nano-dollar, every interaction is priced
 //! exactly once in meaning, and no decision or violation is duplicated in meaning.
 //!
+//! The processors also write the Parquet archive: afterwards it holds every interaction
+//! exactly once (the copies a crash made the pricing stage publish again are left out),
+//! with every cost, and every violation and decision record.
+//!
 //! A second test runs two processor instances in one consumer group and finds the same
 //! totals as the clean computation.
 
@@ -15,10 +19,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::arrow::array::AsArray;
 use tollgate_eventlog::testing::TestBroker;
 use tollgate_eventlog::{EventLog, KafkaConfig, KafkaLog};
+use tollgate_processor::archive::Archive;
 use tollgate_processor::pricer::Pricer;
 use tollgate_processor::testing::workload;
+use tollgate_query_api::parquet::ParquetStore;
 use tollgate_schemas::pricing::PriceCatalog;
 use tollgate_schemas::topics::{
     INTERACTIONS, Keyed, POLICY_VIOLATIONS, PRICED_INTERACTIONS, QUOTA_DECISIONS, SUBJECT_UPDATES,
@@ -47,6 +54,10 @@ fn processor_config(dir: &Path) -> std::path::PathBuf {
         "heartbeat.interval.ms" = "500"
         "#,
     );
+    text.push_str(&format!(
+        "[archive]\nlocation = {:?}\nroll_max_records = 5000\nroll_interval_seconds = 1\n",
+        archive_root(dir).display().to_string()
+    ));
     for team in 0..8 {
         text.push_str(&format!(
             "[[budgets]]\nid = \"team-{team}-monthly\"\nsubject = \"team:team-{team}\"\nwindow = \"month\"\n\
@@ -62,6 +73,24 @@ fn processor_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("processor.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+fn archive_root(dir: &Path) -> std::path::PathBuf {
+    dir.join("archive")
+}
+
+/// Whether every partition of every archived topic is archived up to its end.
+async fn archived(log: &dyn EventLog, dir: &Path) -> bool {
+    let archive = Archive::open(archive_root(dir).to_str().unwrap(), &BTreeMap::new()).unwrap();
+    for table in tollgate_schemas::archive::TABLES {
+        for (partition, end) in log.end_offsets(table.topic).await.unwrap() {
+            let progress = archive.progress(table, partition).await.unwrap();
+            if end > 0 && !progress.is_some_and(|progress| progress.next_offset == end && progress.pending.is_none()) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 struct Processor {
@@ -183,7 +212,7 @@ async fn wait_until_processed(log: &dyn EventLog, expected: usize, log_dir: &Pat
                 caught_up &= ledger.next_offset == *end;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if caught_up && log.end_offsets(SUBJECT_UPDATES).await.unwrap() == ends {
+            if caught_up && log.end_offsets(SUBJECT_UPDATES).await.unwrap() == ends && archived(log, log_dir).await {
                 return;
             }
         } else {
@@ -193,7 +222,7 @@ async fn wait_until_processed(log: &dyn EventLog, expected: usize, log_dir: &Pat
 }
 
 /// The checks shared by both tests, after the processors have stopped.
-async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer: &Pricer) {
+async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer: &Pricer, dir: &Path) {
     // Spend per subject and window, to the nano-dollar.
     let mut ledgers = BTreeMap::new();
     for (partition, _) in log.end_offsets(SUBJECT_UPDATES).await.unwrap() {
@@ -277,6 +306,32 @@ async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer:
         .sum();
     assert_eq!(ids.len(), expected_violations);
     println!("violations: {} records, {} distinct", violations.len(), ids.len());
+
+    // The archive: every interaction once with its cost; every violation and decision
+    // record the topics hold.
+    let store = ParquetStore::new();
+    store.register_archive(&archive_root(dir)).await.unwrap();
+    let single = async |sql: &str| -> Vec<i64> {
+        let batches = store.sql(sql).await.unwrap();
+        let batch = &batches[0];
+        (0..batch.num_columns())
+            .map(|column| batch.column(column).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0))
+            .collect()
+    };
+    let expected_cost: i64 = costs.values().sum();
+    let stored = single("SELECT count(*), count(DISTINCT id), sum(cost_total_nanos) FROM priced_interactions").await;
+    let count = i64::try_from(interactions.len()).unwrap();
+    assert_eq!(stored, vec![count, count, expected_cost], "archived priced interactions: rows, ids, cost");
+    println!(
+        "archive: {} priced interactions, {} copies from replays left out",
+        stored[0],
+        priced.len() - interactions.len()
+    );
+    let stored = single("SELECT count(*), count(DISTINCT id) FROM policy_violations").await;
+    assert_eq!(stored, vec![i64::try_from(violations.len()).unwrap(), i64::try_from(ids.len()).unwrap()]);
+    let stored = single("SELECT count(*), count(DISTINCT id) FROM quota_decisions").await;
+    let decision_ids: HashSet<uuid::Uuid> = decisions.iter().map(|decision| decision.id).collect();
+    assert_eq!(stored, vec![i64::try_from(decisions.len()).unwrap(), i64::try_from(decision_ids.len()).unwrap()]);
 }
 
 fn kafka_log(address: &str) -> Arc<dyn EventLog> {
@@ -323,7 +378,7 @@ async fn processors_killed_mid_stream_give_the_totals_of_a_clean_pass() {
     publisher.await.unwrap();
     wait_until_processed(log.as_ref(), INTERACTIONS_COUNT, dir.path()).await;
     processor.stop().await;
-    check_outputs(log.as_ref(), &interactions, &pricer).await;
+    check_outputs(log.as_ref(), &interactions, &pricer, dir.path()).await;
     // The restarted instances resumed the budget stage from checkpoints, not from scratch.
     let resumed = (1..=4)
         .map(|round| std::fs::read_to_string(dir.path().join(format!("crash-{round}.log"))).unwrap())
@@ -348,7 +403,7 @@ async fn two_instances_in_one_group_give_the_totals_of_one() {
     wait_until_processed(log.as_ref(), interactions.len(), dir.path()).await;
     first.stop().await;
     second.stop().await;
-    check_outputs(log.as_ref(), &interactions, &pricer).await;
+    check_outputs(log.as_ref(), &interactions, &pricer, dir.path()).await;
     // Both instances did part of the work.
     for instance in ["pair-a", "pair-b"] {
         let text = std::fs::read_to_string(dir.path().join(format!("{instance}.log"))).unwrap();

@@ -23,6 +23,18 @@ struct RawConfig {
     budgets: Vec<RawBudget>,
     #[serde(default)]
     kafka: RawKafka,
+    archive: Option<RawArchive>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArchive {
+    location: String,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+    roll_max_records: Option<usize>,
+    roll_max_mib: Option<usize>,
+    roll_interval_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,7 +77,8 @@ struct RawBudget {
 pub struct ProcessorConfig {
     /// Name of this instance in logs and in the governance changes it publishes.
     pub instance_id: String,
-    /// Consumer groups are `{group_prefix}-pricing` and `{group_prefix}-budgets`.
+    /// Consumer groups are `{group_prefix}-pricing`, `{group_prefix}-budgets` and
+    /// `{group_prefix}-archive`.
     /// Instances with the same prefix share the work.
     pub group_prefix: String,
     /// Most records processed in one batch (outputs are acknowledged per batch).
@@ -83,6 +96,37 @@ pub struct ProcessorConfig {
     pub kafka_properties: BTreeMap<String, String>,
     pub kafka_producer_properties: BTreeMap<String, String>,
     pub kafka_consumer_properties: BTreeMap<String, String>,
+    /// The Parquet archive, if this processor writes one.
+    pub archive: Option<ArchiveConfig>,
+}
+
+/// Where and how the archive stage writes Parquet files ([`crate::archive`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveConfig {
+    /// A directory, or an object store URL (`s3://bucket/prefix`).
+    pub location: String,
+    /// Object store options (`aws_endpoint`, `aws_region`, `aws_allow_http`, ...).
+    pub options: BTreeMap<String, String>,
+    /// A partition's buffer is written once it holds this many records...
+    pub roll_max_records: usize,
+    /// ...or this many bytes of events...
+    pub roll_max_bytes: usize,
+    /// ...or has been open this long. Also how stale the archive may be.
+    pub roll_interval: Duration,
+}
+
+impl ArchiveConfig {
+    /// The defaults for `location`: files of up to 100,000 records or 64 MiB of events,
+    /// written at least once a minute.
+    pub fn new(location: impl Into<String>) -> Self {
+        ArchiveConfig {
+            location: location.into(),
+            options: BTreeMap::new(),
+            roll_max_records: 100_000,
+            roll_max_bytes: 64 << 20,
+            roll_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for ProcessorConfig {
@@ -98,6 +142,7 @@ impl Default for ProcessorConfig {
             kafka_properties: BTreeMap::new(),
             kafka_producer_properties: BTreeMap::new(),
             kafka_consumer_properties: BTreeMap::new(),
+            archive: None,
         }
     }
 }
@@ -167,6 +212,26 @@ impl ProcessorConfig {
             }
             budgets.push((budget.id, spec));
         }
+        let archive = raw.archive.map(|raw| {
+            let defaults = ArchiveConfig::new(raw.location.clone());
+            if raw.location.trim().is_empty() {
+                problems.push("archive.location must name a directory or an object store URL".to_owned());
+            }
+            let settings = ArchiveConfig {
+                location: raw.location,
+                options: raw.options,
+                roll_max_records: raw.roll_max_records.unwrap_or(defaults.roll_max_records),
+                roll_max_bytes: raw.roll_max_mib.map_or(defaults.roll_max_bytes, |mib| mib.saturating_mul(1 << 20)),
+                roll_interval: raw.roll_interval_seconds.map_or(defaults.roll_interval, Duration::from_secs),
+            };
+            if settings.roll_max_records == 0 || settings.roll_max_bytes == 0 || settings.roll_interval.is_zero() {
+                problems.push(
+                    "archive.roll_max_records, archive.roll_max_mib and archive.roll_interval_seconds must be above zero"
+                        .to_owned(),
+                );
+            }
+            settings
+        });
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -181,6 +246,7 @@ impl ProcessorConfig {
             kafka_properties: raw.kafka.properties,
             kafka_producer_properties: raw.kafka.producer_properties,
             kafka_consumer_properties: raw.kafka.consumer_properties,
+            archive,
         })
     }
 
@@ -212,6 +278,10 @@ impl ProcessorConfig {
     pub fn budgets_group(&self) -> String {
         format!("{}-budgets", self.group_prefix)
     }
+
+    pub fn archive_group(&self) -> String {
+        format!("{}-archive", self.group_prefix)
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +294,9 @@ mod tests {
         let config = ProcessorConfig::from_toml(text).unwrap();
         assert_eq!(config.budgets.len(), 2);
         assert_eq!(config.budgets[0].1.limit.0, 500 * Nanodollars::PER_DOLLAR);
+        let archive = config.archive.unwrap();
+        assert_eq!(archive.location, "/var/lib/tollgate/archive");
+        assert_eq!(archive, ArchiveConfig { location: archive.location.clone(), ..ArchiveConfig::new("") });
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Tollgate's stream processors: they consume the interaction log and turn it into money
 //! and governance.
 //!
-//! Two stages, each a consumer group, so instances on several machines share the work:
+//! Three stages, each a consumer group, so instances on several machines share the work:
 //!
 //! - [`pricing`]: prices every interaction with the catalog version in effect
 //!   ([`pricer`]), runs the violation detectors ([`detect`]), publishes priced
@@ -17,12 +17,17 @@
 //! decisions, spend applied once per source offset), so crashes, restarts and rebalances
 //! give the outputs of one clean pass. Bad records go to the dead-letter topic.
 //!
-//! [`sink`] holds the storage sinks (Parquet files, ClickHouse tables).
+//! - [`archive`] (when configured): writes priced interactions, violations, decisions
+//!   and governance changes as Parquet files, in a directory or an object store, for the
+//!   query API; replays rewrite the same files instead of adding duplicates.
+//!
+//! [`sink`] holds the storage formats (Parquet files, ClickHouse tables).
 //!
 //! This crate does not serve queries (that is `tollgate-query-api`), does not define
 //! event layouts (that is `tollgate-schemas`), and does not enforce anything itself:
 //! gateways enforce the decisions it publishes.
 
+pub mod archive;
 pub mod budgets;
 pub mod checkpoint;
 pub mod config;
@@ -65,6 +70,8 @@ pub enum ProcessorError {
     PartitionMismatch { updates: usize, checkpoints: usize },
     #[error("serving metrics on {address}: {source}")]
     Metrics { address: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Archive(#[from] sink::SinkError),
 }
 
 /// The processor's start-up input besides its configuration.
@@ -78,7 +85,7 @@ pub struct Sources {
     pub config_actor: String,
 }
 
-/// Runs both stages until `shutdown` resolves, restarting a stage that fails (from its
+/// Runs the stages until `shutdown` resolves, restarting a stage that fails (from its
 /// committed or checkpointed position) after a pause.
 pub async fn run(
     log: Arc<dyn EventLog>,
@@ -88,6 +95,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ProcessorError> {
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await?;
+    let archive = match &config.archive {
+        Some(settings) => {
+            let archive = archive::Archive::open(&settings.location, &settings.options)?;
+            tracing::info!(location = archive.location(), "writing the Parquet archive");
+            Some((Arc::new(archive), settings.clone()))
+        }
+        None => None,
+    };
     let updates = log.end_offsets(SUBJECT_UPDATES).await?.len();
     let checkpoints = log.end_offsets(PROCESSOR_CHECKPOINTS).await?.len();
     if updates != checkpoints {
@@ -118,16 +133,28 @@ pub async fn run(
         let (log, view, metrics, config) = (Arc::clone(&log), Arc::clone(&view), Arc::clone(&metrics), config.clone());
         move |stopped| pricing::run(Arc::clone(&log), Arc::clone(&view), Arc::clone(&metrics), config.clone(), stopped)
     }));
-    let budgets = tokio::spawn(supervise("budgets", stopped, {
+    let budgets = tokio::spawn(supervise("budgets", stopped.clone(), {
         let (log, metrics, config) = (Arc::clone(&log), Arc::clone(&metrics), config.clone());
         move |stopped| budgets::run(Arc::clone(&log), Arc::clone(&metrics), config.clone(), stopped)
     }));
+    let archiver = archive.map(|(archive, settings)| {
+        tokio::spawn(supervise("archive", stopped, {
+            let (log, metrics, config) = (Arc::clone(&log), Arc::clone(&metrics), config.clone());
+            move |stopped| {
+                let (log, archive, metrics) = (Arc::clone(&log), Arc::clone(&archive), Arc::clone(&metrics));
+                archive::run(log, archive, metrics, config.clone(), settings.clone(), stopped)
+            }
+        }))
+    });
     tracing::info!(instance = %config.instance_id, "processor running");
     shutdown.await;
     tracing::info!("processor stopping");
     let _ = stop.send(true);
     let _ = pricing.await;
     let _ = budgets.await;
+    if let Some(archiver) = archiver {
+        let _ = archiver.await;
+    }
     follower.abort();
     if let Some(server) = metrics_server {
         server.abort();

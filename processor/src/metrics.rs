@@ -6,7 +6,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `tollgate_processor_records_total` | counter | `stage` (`pricing`, `budgets`) |
+//! | `tollgate_processor_records_total` | counter | `stage` (`pricing`, `budgets`, `archive`) |
 //! | `tollgate_processor_dead_letters_total` | counter | `stage`, `reason` |
 //! | `tollgate_processor_priced_interactions_total` | counter | `priced` (`true`, `false`) |
 //! | `tollgate_processor_decisions_total` | counter | `state` |
@@ -15,6 +15,9 @@
 //! | `tollgate_processor_checkpoint_age_seconds` | gauge | `partition` (subject-updates partitions owned) |
 //! | `tollgate_processor_lag_records` | gauge | `topic`, `partition` (records not yet processed, per owned partition) |
 //! | `tollgate_processor_batch_seconds` | histogram | `stage` |
+//! | `tollgate_processor_archived_rows_total` | counter | `table` |
+//! | `tollgate_processor_archive_files_total` | counter | `table` (Parquet files written) |
+//! | `tollgate_processor_archive_duplicates_total` | counter | `table` (replayed copies left out) |
 
 use std::sync::Arc;
 
@@ -59,6 +62,11 @@ pub struct PartitionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LagLabels {
     pub topic: &'static str,
     pub partition: i32,
@@ -77,6 +85,9 @@ pub struct ProcessorMetrics {
     pub checkpoint_age_seconds: Family<PartitionLabels, Gauge>,
     pub lag: Family<LagLabels, Gauge>,
     pub batch_seconds: Family<StageLabels, Histogram>,
+    pub archived_rows: Family<TableLabels, Counter>,
+    pub archive_files: Family<TableLabels, Counter>,
+    pub archive_duplicates: Family<TableLabels, Counter>,
 }
 
 impl Default for ProcessorMetrics {
@@ -114,6 +125,16 @@ impl Default for ProcessorMetrics {
             "Time to process a batch and have its outputs acknowledged",
             batch_seconds.clone(),
         );
+        let archived_rows = Family::<TableLabels, Counter>::default();
+        registry.register("archived_rows", "Rows written to the Parquet archive, by table", archived_rows.clone());
+        let archive_files = Family::<TableLabels, Counter>::default();
+        registry.register("archive_files", "Parquet files written to the archive, by table", archive_files.clone());
+        let archive_duplicates = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "archive_duplicates",
+            "Copies of records published again after a crash, left out of the archive",
+            archive_duplicates.clone(),
+        );
         ProcessorMetrics {
             registry,
             records,
@@ -125,6 +146,9 @@ impl Default for ProcessorMetrics {
             checkpoint_age_seconds,
             lag,
             batch_seconds,
+            archived_rows,
+            archive_files,
+            archive_duplicates,
         }
     }
 }

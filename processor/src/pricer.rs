@@ -100,6 +100,7 @@ impl Pricer {
             price_catalog_version: priced.catalog_version,
             priced: priced.priced,
             priced_at_unix_micros: now_unix_micros,
+            source: None,
         };
         (record, flagged)
     }

@@ -31,8 +31,8 @@ use tollgate_eventlog::{EventLog, Position, Record};
 use tollgate_schemas::pricing::{PriceCatalog, PriceCatalogDocument};
 use tollgate_schemas::topics::{GOVERNANCE, INTERACTIONS, Keyed, PRICED_INTERACTIONS};
 use tollgate_schemas::{
-    DeadLetterReason, GovernanceChange, Interaction, Nanodollars, PricedInteraction, SCHEMA_VERSION, SpendEntry,
-    SubjectChange, SubjectUpdate, TargetKind,
+    DeadLetterReason, GovernanceChange, Interaction, Nanodollars, PricedInteraction, SCHEMA_VERSION, SourceOffset,
+    SpendEntry, SubjectChange, SubjectUpdate, TargetKind,
 };
 
 use crate::config::ProcessorConfig;
@@ -136,7 +136,9 @@ async fn interaction_record(
             return reject(log, metrics, group, record, outputs, reason, error.to_string()).await;
         }
     };
-    let (priced, unpriced) = view.pricer().priced_interaction(interaction, tollgate_schemas::now_unix_micros());
+    let (mut priced, unpriced) = view.pricer().priced_interaction(interaction, tollgate_schemas::now_unix_micros());
+    priced.source =
+        Some(SourceOffset { topic: record.topic.clone(), partition: record.partition, offset: record.offset });
     metrics.priced.get_or_create(&PricedLabels { priced: if unpriced { "false" } else { "true" } }).inc();
     for violation in crate::detect::violations(&priced.interaction, unpriced) {
         metrics.violations.get_or_create(&RuleLabels { rule: violation.rule_id.clone() }).inc();
@@ -175,12 +177,15 @@ fn priced_payload(raw: &[u8], priced: &PricedInteraction) -> Vec<u8> {
         price_catalog_version: &'a str,
         priced: bool,
         priced_at_unix_micros: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<&'a SourceOffset>,
     }
     let rest = Rest {
         cost: &priced.cost,
         price_catalog_version: &priced.price_catalog_version,
         priced: priced.priced,
         priced_at_unix_micros: priced.priced_at_unix_micros,
+        source: priced.source.as_ref(),
     };
     match serde_json::to_vec(&rest) {
         // `{"cost":...}` becomes the tail of `{"schema_version":N,"interaction":RAW,"cost":...}`.
@@ -317,7 +322,8 @@ mod tests {
         let interaction = model_call("openai", "gpt-4o", 1_000, 100);
         let raw = tollgate_schemas::encode(&interaction).unwrap();
         let pricer = crate::pricer::Pricer::new(PriceCatalog::shipped().unwrap());
-        let (priced, _) = pricer.priced_interaction(interaction, 1_794_000_000_000_000);
+        let (mut priced, _) = pricer.priced_interaction(interaction, 1_794_000_000_000_000);
+        priced.source = Some(SourceOffset { topic: INTERACTIONS.to_owned(), partition: 3, offset: 17 });
         let decoded: PricedInteraction = tollgate_schemas::decode(&priced_payload(&raw, &priced)).unwrap();
         assert_eq!(decoded, priced);
         assert!(priced.cost.total.0 > 0);

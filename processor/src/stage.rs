@@ -18,6 +18,8 @@ pub enum StageError {
     Log(#[from] LogError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
 }
 
 /// Waits for a first record, then takes every record already available, up to `max`.

@@ -3,9 +3,11 @@
 use std::path::Path;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tollgate_schemas::arrow::{RecordBatchError, StoredRecord};
+use tollgate_schemas::{GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision};
 
 /// Why a query over the Parquet store failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,28 @@ impl ParquetStore {
         let options = ParquetReadOptions::default().schema(&schema);
         let location = format!("{}/", dir.display());
         self.context.register_parquet(name, &location, options).await?;
+        Ok(())
+    }
+
+    /// Registers the tables of a Parquet archive written by the processor's archive stage
+    /// (the layout of `tollgate_schemas::archive`) under their table names, each with
+    /// its hive partition column `date` (`YYYY-MM-DD`, a string), which prunes files
+    /// when a query filters on it. Tables with no files yet read as empty.
+    pub async fn register_archive(&self, root: &Path) -> Result<(), QueryError> {
+        use tollgate_schemas::archive;
+        for table in archive::TABLES {
+            let schema = match table {
+                archive::PRICED_INTERACTIONS => PricedInteraction::arrow_schema(),
+                archive::POLICY_VIOLATIONS => PolicyViolation::arrow_schema(),
+                archive::QUOTA_DECISIONS => QuotaDecision::arrow_schema(),
+                _ => GovernanceChange::arrow_schema(),
+            };
+            let options = ParquetReadOptions::default()
+                .schema(&schema)
+                .table_partition_cols(vec![(archive::DATE_COLUMN.to_owned(), DataType::Utf8)]);
+            let location = format!("{}/{}/", root.display(), table.name);
+            self.context.register_parquet(table.name, &location, options).await?;
+        }
         Ok(())
     }
 

@@ -392,6 +392,9 @@ fn cost_fields() -> Vec<Field> {
         utf8("price_catalog_version", false),
         Field::new("priced", DataType::Boolean, false),
         timestamp_field("priced_at", false),
+        utf8("source_topic", true),
+        Field::new("source_partition", DataType::Int32, true),
+        Field::new("source_offset", DataType::Int64, true),
     ]
 }
 
@@ -407,6 +410,9 @@ struct CostRow {
     price_catalog_version: String,
     priced: bool,
     priced_at: i64,
+    source_topic: Option<String>,
+    source_partition: Option<i32>,
+    source_offset: Option<i64>,
 }
 
 impl StoredRecord for PricedInteraction {
@@ -434,6 +440,9 @@ impl StoredRecord for PricedInteraction {
                 price_catalog_version: record.price_catalog_version.clone(),
                 priced: record.priced,
                 priced_at: record.priced_at_unix_micros,
+                source_topic: record.source.as_ref().map(|source| source.topic.clone()),
+                source_partition: record.source.as_ref().map(|source| source.partition),
+                source_offset: record.source.as_ref().map(|source| source.offset),
             })
             .collect();
         let interaction_batch = rows_to_batch(&field_refs(interaction_fields()), &interactions)?;
@@ -465,6 +474,10 @@ impl StoredRecord for PricedInteraction {
                 price_catalog_version: cost.price_catalog_version,
                 priced: cost.priced,
                 priced_at_unix_micros: cost.priced_at,
+                source: match (cost.source_topic, cost.source_partition, cost.source_offset) {
+                    (Some(topic), Some(partition), Some(offset)) => Some(SourceOffset { topic, partition, offset }),
+                    _ => None,
+                },
             })
             .collect())
     }

@@ -21,6 +21,7 @@
 //! Arrow/ClickHouse columns use the OpenTelemetry attribute name with `.` replaced by `_`
 //! (`gen_ai.request.model` becomes `gen_ai_request_model`), so SQL never needs quoting.
 
+pub mod archive;
 pub mod arrow;
 mod budget;
 mod codec;

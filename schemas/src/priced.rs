@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::Nanodollars;
+use crate::common::{Nanodollars, SourceOffset};
 use crate::interaction::Interaction;
 
 /// An [`Interaction`] priced against one version of the price catalog. Published on
@@ -21,6 +21,11 @@ pub struct PricedInteraction {
     pub priced: bool,
     /// When the processor priced it.
     pub priced_at_unix_micros: i64,
+    /// Where the interaction was read from. Priced records of one source partition are
+    /// published in source order, so a record whose source offset is not above the
+    /// highest one already seen is a replay's copy: the archive drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceOffset>,
 }
 
 /// The cost of one interaction, by component. `total` is the sum of the others.

@@ -1,4 +1,4 @@
-//! Writing record batches as Parquet files (zstd), atomically.
+//! Writing record batches as Parquet files (zstd).
 
 use std::fs::File;
 use std::path::Path;
@@ -6,16 +6,30 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use super::SinkError;
 
-/// Writer settings shared by every Tollgate Parquet file.
-pub fn writer_properties() -> WriterProperties {
+/// Writer settings shared by every Tollgate Parquet file, with `metadata` as the file's
+/// key-value metadata.
+pub fn writer_properties(metadata: Vec<KeyValue>) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_created_by(format!("tollgate {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
         .build()
+}
+
+/// `batches` (all with the same schema) as the bytes of one Parquet file. The same
+/// batches and metadata always give the same bytes.
+pub fn to_bytes(batches: &[RecordBatch], metadata: Vec<KeyValue>) -> Result<Vec<u8>, SinkError> {
+    let Some(first) = batches.first() else { return Ok(Vec::new()) };
+    let mut writer = ArrowWriter::try_new(Vec::new(), first.schema(), Some(writer_properties(metadata)))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    Ok(writer.into_inner()?)
 }
 
 /// Writes `batches` (all with the same schema) to `path` as one Parquet file.
@@ -31,7 +45,7 @@ pub fn write_file(path: &Path, batches: &[RecordBatch]) -> Result<(), SinkError>
     }
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).map_err(io_error)?;
-    let mut writer = ArrowWriter::try_new(file, first.schema(), Some(writer_properties()))?;
+    let mut writer = ArrowWriter::try_new(file, first.schema(), Some(writer_properties(Vec::new())))?;
     for batch in batches {
         writer.write(batch)?;
     }

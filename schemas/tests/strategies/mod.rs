@@ -177,8 +177,9 @@ fn nanos() -> impl Strategy<Value = Nanodollars> {
 }
 
 pub fn priced_interaction() -> impl Strategy<Value = PricedInteraction> {
-    (interaction(), vec(nanos(), 6), text(), any::<bool>(), micros()).prop_map(
-        |(interaction, parts, price_catalog_version, priced, priced_at_unix_micros)| {
+    let source = option::of(source_offset());
+    (interaction(), vec(nanos(), 6), text(), any::<bool>(), micros(), source).prop_map(
+        |(interaction, parts, price_catalog_version, priced, priced_at_unix_micros, source)| {
             let total = Nanodollars(parts.iter().map(|part| part.0).sum());
             PricedInteraction {
                 schema_version: SCHEMA_VERSION,
@@ -195,6 +196,7 @@ pub fn priced_interaction() -> impl Strategy<Value = PricedInteraction> {
                 price_catalog_version,
                 priced,
                 priced_at_unix_micros,
+                source,
             }
         },
     )

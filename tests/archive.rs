@@ -1,0 +1,257 @@
+//! The Parquet archive, end to end on the embedded log: interactions are priced by the
+//! processor and archived; the files hold exactly what the topics hold (counted on both
+//! sides, costs summed to the nano-dollar), split by date, and read the same in
+//! DataFusion, pyarrow and DuckDB. A range left pending by a crashed writer is written
+//! again under the same file name, replacing what was there; a poison record on an
+//! archived topic goes to the dead-letter topic and the rest is archived.
+//!
+//! The crash test (`processor_crash.rs`) checks the archive after SIGKILLs on Kafka.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_processor::archive::Archive;
+use tollgate_processor::config::ArchiveConfig;
+use tollgate_processor::metrics::ProcessorMetrics;
+use tollgate_processor::pricer::Pricer;
+use tollgate_processor::testing::workload;
+use tollgate_processor::{ProcessorConfig, Sources};
+use tollgate_query_api::parquet::ParquetStore;
+use tollgate_schemas::archive;
+use tollgate_schemas::pricing::PriceCatalog;
+use tollgate_schemas::topics::{DEAD_LETTER, INTERACTIONS, Keyed, PRICED_INTERACTIONS};
+use tollgate_schemas::{DeadLetter, Interaction};
+
+const PYTHON_ENV: &str = "TOLLGATE_TEST_PYTHON";
+const COUNT: usize = 3_000;
+/// 2026-11-26T23:59:58.5Z: the interactions (1 ms apart) cross midnight after 1.5 s.
+const START: i64 = 1_795_737_600_000_000 - 1_500_000;
+
+async fn publish(log: &dyn EventLog, interactions: &[Interaction]) {
+    let mut pending = Vec::new();
+    for interaction in interactions {
+        let payload = tollgate_schemas::encode(interaction).unwrap();
+        pending.push(log.publish(INTERACTIONS, interaction.message_key().as_bytes(), &payload).unwrap());
+    }
+    for ack in pending {
+        ack.await.unwrap();
+    }
+}
+
+/// Waits until every archived topic's partitions are archived up to their end.
+async fn wait_until_archived(log: &dyn EventLog, archive: &Archive, priced: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut done = log.end_offsets(PRICED_INTERACTIONS).await.unwrap().iter().map(|(_, end)| end).sum::<i64>()
+            >= i64::try_from(priced).unwrap();
+        for table in archive::TABLES {
+            for (partition, end) in log.end_offsets(table.topic).await.unwrap() {
+                let progress = archive.progress(table, partition).await.unwrap();
+                done &= progress.is_some_and(|progress| progress.next_offset == end && progress.pending.is_none())
+                    || end == 0;
+            }
+        }
+        if done {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the archive did not catch up within 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every Parquet file under `dir`, relative to it.
+fn parquet_files(dir: &Path) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "parquet") {
+                files.insert(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    files
+}
+
+fn int(batches: &[datafusion_batch::RecordBatch], column: usize) -> i64 {
+    use datafusion_batch::AsArray;
+    let array = batches[0].column(column);
+    array
+        .as_primitive_opt::<datafusion_batch::Int64Type>()
+        .map(|values| values.value(0))
+        .unwrap_or_else(|| panic!("column {column} is not Int64: {:?}", array.data_type()))
+}
+
+mod datafusion_batch {
+    pub use datafusion::arrow::array::{AsArray, RecordBatch};
+    pub use datafusion::arrow::datatypes::Int64Type;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_holds_the_log_once_and_reads_the_same_everywhere() {
+    let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| {
+        panic!("{PYTHON_ENV} is not set: this test reads the archive with the pinned pyarrow and DuckDB that `scripts/test` installs. Run `scripts/test`.")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap());
+    tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
+    let interactions = workload(COUNT, 11, START);
+    let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
+
+    // A writer crashed while writing offsets 0..=9 of priced partition 0: its marker says
+    // so, and the file it was writing for the first date holds garbage.
+    let archive = Archive::open(root.to_str().unwrap(), &BTreeMap::new()).unwrap();
+    let first_date = archive::date_partition(START);
+    let stale = archive::PRICED_INTERACTIONS.file_path(&first_date, 0, 0, 9);
+    std::fs::create_dir_all(root.join(&stale).parent().unwrap()).unwrap();
+    std::fs::write(root.join(&stale), b"half a file").unwrap();
+    let marker = root.join(archive::PRICED_INTERACTIONS.progress_path(0));
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(
+        &marker,
+        r#"{"next_offset":0,"pending":[0,9],"sources":[],"instance":"crashed","updated_unix_micros":0}"#,
+    )
+    .unwrap();
+    // A poison record on an archived topic.
+    tollgate_eventlog::publish_and_wait(log.as_ref(), PRICED_INTERACTIONS, b"key-x", b"{\"schema_version\":1,")
+        .await
+        .unwrap();
+
+    publish(log.as_ref(), &interactions).await;
+    let budget = tollgate_schemas::BudgetSpec {
+        subject: tollgate_schemas::Subject::new(tollgate_schemas::SubjectKind::Team, "team-0"),
+        window: tollgate_schemas::WindowKind::Lifetime,
+        limit: tollgate_schemas::Nanodollars(tollgate_schemas::Nanodollars::PER_DOLLAR),
+        hard: true,
+        alert_thresholds_percent: vec![50],
+    };
+    let config = ProcessorConfig {
+        budgets: vec![("team-0-lifetime".to_owned(), budget)],
+        archive: Some(ArchiveConfig {
+            roll_max_records: 400,
+            roll_interval: Duration::from_millis(300),
+            ..ArchiveConfig::new(root.to_str().unwrap())
+        }),
+        ..ProcessorConfig::default()
+    };
+    let sources = Sources {
+        catalog: PriceCatalog::shipped().unwrap(),
+        catalog_document: None,
+        config_actor: "archive-test".to_owned(),
+    };
+    let metrics = Arc::new(ProcessorMetrics::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let processor =
+        tokio::spawn(tollgate_processor::run(Arc::clone(&log), config, sources, Arc::clone(&metrics), async {
+            let _ = stopped.await;
+        }));
+    wait_until_archived(log.as_ref(), &archive, COUNT + 1).await;
+    stop.send(()).unwrap();
+    processor.await.unwrap().unwrap();
+
+    // The pending range was cut where the crashed writer cut it, and its file replaced.
+    let files = parquet_files(&root);
+    assert!(files.contains(&stale), "{stale} was not written again");
+    assert!(files.iter().any(|file| file.contains("-p000-00000000000000000010-")), "the next range starts at 10");
+    // Every file name says what it holds: one range per partition, and ranges of a
+    // partition do not overlap.
+    let mut ranges: BTreeMap<(String, i32), BTreeSet<(i64, i64)>> = BTreeMap::new();
+    for file in &files {
+        let name = file.rsplit('/').next().unwrap().trim_end_matches(".parquet");
+        let parts: Vec<&str> = name.rsplitn(4, '-').collect();
+        let (last, first, partition) = (parts[0].parse().unwrap(), parts[1].parse().unwrap(), &parts[2][1..]);
+        ranges.entry((parts[3].to_owned(), partition.parse().unwrap())).or_default().insert((first, last));
+    }
+    for ((table, partition), ranges) in &ranges {
+        let mut next = 0;
+        for (first, last) in ranges {
+            assert!(*first >= next, "{table} partition {partition}: ranges overlap at {first}");
+            next = last + 1;
+        }
+    }
+
+    // DataFusion over the archive: every interaction once, every cost.
+    let store = ParquetStore::new();
+    store.register_archive(&root).await.unwrap();
+    let expected_cost: i64 = interactions.iter().map(|interaction| pricer.price(interaction).cost.total.0).sum();
+    let priced = store
+        .sql(
+            "SELECT count(*), count(DISTINCT id), sum(cost_total_nanos), count(DISTINCT date) FROM priced_interactions",
+        )
+        .await
+        .unwrap();
+    assert_eq!(int(&priced, 0), i64::try_from(COUNT).unwrap());
+    assert_eq!(int(&priced, 1), i64::try_from(COUNT).unwrap());
+    assert_eq!(int(&priced, 2), expected_cost);
+    assert_eq!(int(&priced, 3), 2, "two dates");
+    let ids: HashSet<uuid::Uuid> = store
+        .query_records::<tollgate_schemas::PricedInteraction>("SELECT * FROM priced_interactions")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.interaction.id)
+        .collect();
+    assert_eq!(ids, interactions.iter().map(|interaction| interaction.id).collect::<HashSet<_>>());
+    let expected_violations: usize = interactions
+        .iter()
+        .map(|interaction| tollgate_processor::detect::violations(interaction, !pricer.price(interaction).priced).len())
+        .sum();
+    let violations = store.sql("SELECT count(DISTINCT id) FROM policy_violations").await.unwrap();
+    assert_eq!(int(&violations, 0), i64::try_from(expected_violations).unwrap());
+    // Decisions and governance changes: every record of the topic, once.
+    let records = async |table: archive::Table| -> i64 {
+        log.end_offsets(table.topic).await.unwrap().iter().map(|(_, end)| end).sum()
+    };
+    let governance_records = records(archive::GOVERNANCE_CHANGES).await;
+    let decision_records = records(archive::QUOTA_DECISIONS).await;
+    assert_eq!(governance_records, 1, "the configured budget");
+    assert!(decision_records >= 2, "the budget's alert and block decisions; {decision_records}");
+    let governance = store.sql("SELECT count(*) FROM governance_changes").await.unwrap();
+    assert_eq!(int(&governance, 0), governance_records);
+    let decisions = store.sql("SELECT count(*) FROM quota_decisions").await.unwrap();
+    assert_eq!(int(&decisions, 0), decision_records);
+
+    // The poison record went to the dead-letter topic with the archive's group, and was
+    // counted.
+    let letters = log.read(DEAD_LETTER, 0, 0, 100).await.unwrap();
+    let letters: Vec<DeadLetter> =
+        letters.iter().map(|record| tollgate_schemas::decode(&record.payload).unwrap()).collect();
+    assert!(
+        letters
+            .iter()
+            .any(|letter| letter.consumer_group.ends_with("-archive") && letter.source.topic == PRICED_INTERACTIONS),
+        "{letters:?}"
+    );
+    assert!(
+        metrics.encode().contains("tollgate_processor_dead_letters_total{stage=\"archive\",reason=\"not_json\"} 1")
+    );
+
+    // pyarrow and DuckDB read the same files and find the same.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/archive_check.py");
+    let output = tokio::process::Command::new(&python).arg(script).arg(&root).output().await.unwrap();
+    assert!(output.status.success(), "archive_check.py failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let found: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let dates: Vec<String> = vec![first_date, archive::date_partition(START + 2_000_000)];
+    let orgs: BTreeSet<String> = interactions.iter().map(|interaction| interaction.principal.org_id.clone()).collect();
+    for reader in ["pyarrow", "duckdb"] {
+        let table = &found[reader]["priced_interactions"];
+        assert_eq!(table["rows"], COUNT, "{reader}");
+        assert_eq!(table["distinct_ids"], COUNT, "{reader}");
+        assert_eq!(table["cost_total_nanos"], expected_cost, "{reader}");
+        assert_eq!(table["dates"], serde_json::json!(dates), "{reader}");
+        assert_eq!(table["org_ids"], serde_json::json!(orgs), "{reader}");
+        assert_eq!(found[reader]["policy_violations"]["distinct_ids"], expected_violations, "{reader}");
+        assert_eq!(found[reader]["governance_changes"]["rows"], governance_records, "{reader}");
+        assert_eq!(found[reader]["quota_decisions"]["rows"], decision_records, "{reader}");
+    }
+}
