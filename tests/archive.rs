@@ -65,6 +65,43 @@ async fn wait_until_archived(log: &dyn EventLog, archive: &Archive, priced: usiz
     }
 }
 
+/// Runs the processor, with a hard lifetime budget for team-0 and the archive set up as
+/// `settings`, until `priced` priced interactions are archived; then stops it.
+async fn run_until_archived(
+    log: &Arc<dyn EventLog>,
+    settings: ArchiveConfig,
+    archive: &Archive,
+    priced: usize,
+) -> Arc<ProcessorMetrics> {
+    let budget = tollgate_schemas::BudgetSpec {
+        subject: tollgate_schemas::Subject::new(tollgate_schemas::SubjectKind::Team, "team-0"),
+        window: tollgate_schemas::WindowKind::Lifetime,
+        limit: tollgate_schemas::Nanodollars(tollgate_schemas::Nanodollars::PER_DOLLAR),
+        hard: true,
+        alert_thresholds_percent: vec![50],
+    };
+    let config = ProcessorConfig {
+        budgets: vec![("team-0-lifetime".to_owned(), budget)],
+        archive: Some(settings),
+        ..ProcessorConfig::default()
+    };
+    let sources = Sources {
+        catalog: PriceCatalog::shipped().unwrap(),
+        catalog_document: None,
+        config_actor: "archive-test".to_owned(),
+    };
+    let metrics = Arc::new(ProcessorMetrics::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let processor =
+        tokio::spawn(tollgate_processor::run(Arc::clone(log), config, sources, Arc::clone(&metrics), async {
+            let _ = stopped.await;
+        }));
+    wait_until_archived(log.as_ref(), archive, priced).await;
+    stop.send(()).unwrap();
+    processor.await.unwrap().unwrap();
+    metrics
+}
+
 /// Every Parquet file under `dir`, relative to it.
 fn parquet_files(dir: &Path) -> BTreeSet<String> {
     let mut files = BTreeSet::new();
@@ -128,36 +165,12 @@ async fn the_archive_holds_the_log_once_and_reads_the_same_everywhere() {
         .unwrap();
 
     publish(log.as_ref(), &interactions).await;
-    let budget = tollgate_schemas::BudgetSpec {
-        subject: tollgate_schemas::Subject::new(tollgate_schemas::SubjectKind::Team, "team-0"),
-        window: tollgate_schemas::WindowKind::Lifetime,
-        limit: tollgate_schemas::Nanodollars(tollgate_schemas::Nanodollars::PER_DOLLAR),
-        hard: true,
-        alert_thresholds_percent: vec![50],
+    let settings = ArchiveConfig {
+        roll_max_records: 400,
+        roll_interval: Duration::from_millis(300),
+        ..ArchiveConfig::new(root.to_str().unwrap())
     };
-    let config = ProcessorConfig {
-        budgets: vec![("team-0-lifetime".to_owned(), budget)],
-        archive: Some(ArchiveConfig {
-            roll_max_records: 400,
-            roll_interval: Duration::from_millis(300),
-            ..ArchiveConfig::new(root.to_str().unwrap())
-        }),
-        ..ProcessorConfig::default()
-    };
-    let sources = Sources {
-        catalog: PriceCatalog::shipped().unwrap(),
-        catalog_document: None,
-        config_actor: "archive-test".to_owned(),
-    };
-    let metrics = Arc::new(ProcessorMetrics::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let processor =
-        tokio::spawn(tollgate_processor::run(Arc::clone(&log), config, sources, Arc::clone(&metrics), async {
-            let _ = stopped.await;
-        }));
-    wait_until_archived(log.as_ref(), &archive, COUNT + 1).await;
-    stop.send(()).unwrap();
-    processor.await.unwrap().unwrap();
+    let metrics = run_until_archived(&log, settings, &archive, COUNT + 1).await;
 
     // The pending range was cut where the crashed writer cut it, and its file replaced.
     let files = parquet_files(&root);
@@ -254,4 +267,93 @@ async fn the_archive_holds_the_log_once_and_reads_the_same_everywhere() {
         assert_eq!(found[reader]["governance_changes"]["rows"], governance_records, "{reader}");
         assert_eq!(found[reader]["quota_decisions"]["rows"], decision_records, "{reader}");
     }
+}
+
+/// An S3 API server (moto, from the pinned Python packages) on a free loopback port,
+/// stopped when dropped.
+struct S3Server {
+    child: tokio::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    async fn start(python: &str) -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = tokio::process::Command::new(python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{endpoint}/")).send().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the S3 server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        S3Server { child, endpoint }
+    }
+
+    async fn create_bucket(&self, bucket: &str) {
+        let response = reqwest::Client::new().put(format!("{}/{bucket}", self.endpoint)).send().await.unwrap();
+        assert!(response.status().is_success(), "creating bucket {bucket}: {}", response.status());
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_works_on_s3_compatible_storage() {
+    let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| {
+        panic!("{PYTHON_ENV} is not set: this test runs the pinned moto S3 server that `scripts/test` installs. Run `scripts/test`.")
+    });
+    let s3 = S3Server::start(&python).await;
+    s3.create_bucket("tollgate-archive").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap());
+    tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
+    let interactions = workload(1_000, 5, START);
+    publish(log.as_ref(), &interactions).await;
+
+    let location = "s3://tollgate-archive/audit/archive";
+    let options: BTreeMap<String, String> = [
+        ("aws_endpoint", s3.endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "tollgate-test"),
+        ("aws_secret_access_key", "tollgate-test"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .collect();
+    let archive = Archive::open(location, &options).unwrap();
+    let settings = ArchiveConfig {
+        options: options.clone(),
+        roll_max_records: 300,
+        roll_interval: Duration::from_millis(300),
+        ..ArchiveConfig::new(location)
+    };
+    run_until_archived(&log, settings, &archive, interactions.len()).await;
+
+    // The objects are where the layout says, under the URL's prefix.
+    use futures::TryStreamExt as _;
+    let prefix = object_store::path::Path::from("audit/archive/priced_interactions");
+    let objects: Vec<_> = archive.store().list(Some(&prefix)).try_collect().await.unwrap();
+    assert!(objects.len() >= 2, "{objects:?}");
+    assert!(objects.iter().all(|object| object.location.as_ref().ends_with(".parquet")));
+
+    // DataFusion reads them from the bucket.
+    let store = ParquetStore::new();
+    store.register_archive_in(&url::Url::parse(location).unwrap(), Arc::clone(archive.store())).await.unwrap();
+    let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
+    let expected_cost: i64 = interactions.iter().map(|interaction| pricer.price(interaction).cost.total.0).sum();
+    let priced = store.sql("SELECT count(DISTINCT id), sum(cost_total_nanos) FROM priced_interactions").await.unwrap();
+    assert_eq!(int(&priced, 0), 1_000);
+    assert_eq!(int(&priced, 1), expected_cost);
 }

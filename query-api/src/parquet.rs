@@ -1,11 +1,13 @@
 //! DataFusion over a directory of Parquet files written by the processor's Parquet sink.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use object_store::ObjectStore;
 use tollgate_schemas::arrow::{RecordBatchError, StoredRecord};
 use tollgate_schemas::{GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision};
 
@@ -53,6 +55,19 @@ impl ParquetStore {
     /// its hive partition column `date` (`YYYY-MM-DD`, a string), which prunes files
     /// when a query filters on it. Tables with no files yet read as empty.
     pub async fn register_archive(&self, root: &Path) -> Result<(), QueryError> {
+        self.register_archive_tables(&root.display().to_string()).await
+    }
+
+    /// [`ParquetStore::register_archive`] for an archive in an object store: `url` is
+    /// where the archive is (`s3://bucket/prefix`) and `store` serves that bucket.
+    pub async fn register_archive_in(&self, url: &url::Url, store: Arc<dyn ObjectStore>) -> Result<(), QueryError> {
+        let mut bucket = url.clone();
+        bucket.set_path("");
+        self.context.register_object_store(&bucket, store);
+        self.register_archive_tables(url.as_str().trim_end_matches('/')).await
+    }
+
+    async fn register_archive_tables(&self, root: &str) -> Result<(), QueryError> {
         use tollgate_schemas::archive;
         for table in archive::TABLES {
             let schema = match table {
@@ -64,7 +79,7 @@ impl ParquetStore {
             let options = ParquetReadOptions::default()
                 .schema(&schema)
                 .table_partition_cols(vec![(archive::DATE_COLUMN.to_owned(), DataType::Utf8)]);
-            let location = format!("{}/{}/", root.display(), table.name);
+            let location = format!("{root}/{}/", table.name);
             self.context.register_parquet(table.name, &location, options).await?;
         }
         Ok(())
