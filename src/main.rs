@@ -109,6 +109,18 @@ struct ProcessorArgs {
     /// `archive.location`; the other `[archive]` settings keep their values or defaults.
     #[arg(long, env = "TOLLGATE_ARCHIVE")]
     archive: Option<String>,
+    /// Load ClickHouse through this HTTP interface (`http://host:8123`), overriding
+    /// `clickhouse.url`; the other `[clickhouse]` settings keep their values or defaults.
+    #[arg(long, env = "TOLLGATE_CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
+    /// The ClickHouse database, overriding `clickhouse.database` (default `tollgate`).
+    #[arg(long, env = "TOLLGATE_CLICKHOUSE_DATABASE")]
+    clickhouse_database: Option<String>,
+    #[arg(long, env = "TOLLGATE_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    /// Read from the environment only, so it stays out of process listings.
+    #[arg(skip = std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD").ok())]
+    clickhouse_password: Option<String>,
     /// Check the configuration, print a summary, and exit.
     #[arg(long)]
     validate: bool,
@@ -254,6 +266,23 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
             None => config.archive = Some(tollgate_processor::config::ArchiveConfig::new(location)),
         }
     }
+    if let Some(url) = args.clickhouse_url {
+        match &mut config.clickhouse {
+            Some(clickhouse) => clickhouse.connection.url = url,
+            None => config.clickhouse = Some(tollgate_processor::config::WarehouseConfig::new(url)),
+        }
+    }
+    if let Some(clickhouse) = &mut config.clickhouse {
+        if let Some(database) = args.clickhouse_database {
+            clickhouse.connection.database = database;
+        }
+        if let Some(user) = args.clickhouse_user {
+            clickhouse.connection.user = Some(user);
+        }
+        if let Some(password) = args.clickhouse_password {
+            clickhouse.connection.password = Some(password);
+        }
+    }
     let (catalog_text, catalog_source) = match &args.price_catalog {
         Some(path) => (
             std::fs::read_to_string(path).with_context(|| format!("reading the price catalog {}", path.display()))?,
@@ -266,12 +295,13 @@ async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
     let catalog = PriceCatalog::from_document(&document)?;
     if args.validate {
         println!(
-            "{}: valid; instance {}, {} budgets, price catalog {} ({catalog_source}), archive {}",
+            "{}: valid; instance {}, {} budgets, price catalog {} ({catalog_source}), archive {}, clickhouse {}",
             args.config.as_ref().map_or_else(|| "defaults".to_owned(), |path| path.display().to_string()),
             config.instance_id,
             config.budgets.len(),
             catalog.version,
             config.archive.as_ref().map_or("off", |archive| archive.location.as_str()),
+            config.clickhouse.as_ref().map_or("off", |clickhouse| clickhouse.connection.url.as_str()),
         );
         return Ok(());
     }

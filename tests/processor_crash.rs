@@ -4,9 +4,10 @@
 //! every window equals a clean computation to the nano-dollar, every interaction is priced
 //! exactly once in meaning, and no decision or violation is duplicated in meaning.
 //!
-//! The processors also write the Parquet archive: afterwards it holds every interaction
-//! exactly once (the copies a crash made the pricing stage publish again are left out),
-//! with every cost, and every violation and decision record.
+//! The processors also write the Parquet archive and load ClickHouse: afterwards the
+//! archive holds every interaction exactly once (the copies a crash made the pricing stage
+//! publish again are left out), with every cost, and every violation and decision record;
+//! ClickHouse read with `FINAL` has one row per interaction, violation and decision.
 //!
 //! A second test runs two processor instances in one consumer group and finds the same
 //! totals as the clean computation.
@@ -20,10 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::AsArray;
-use tollgate_eventlog::testing::TestBroker;
+use tollgate_eventlog::testing::{CLICKHOUSE_URL_ENV, TestBroker, required_env, unique_name};
 use tollgate_eventlog::{EventLog, KafkaConfig, KafkaLog};
 use tollgate_processor::archive::Archive;
 use tollgate_processor::pricer::Pricer;
+use tollgate_processor::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
 use tollgate_processor::testing::workload;
 use tollgate_query_api::parquet::ParquetStore;
 use tollgate_schemas::pricing::PriceCatalog;
@@ -42,7 +44,7 @@ fn start_time() -> i64 {
     (now - 300_000_000).max(now - now.rem_euclid(MICROS_PER_DAY))
 }
 
-fn processor_config(dir: &Path) -> std::path::PathBuf {
+fn processor_config(dir: &Path, database: &str) -> std::path::PathBuf {
     let mut text = String::from(
         r#"
         [processor]
@@ -57,6 +59,11 @@ fn processor_config(dir: &Path) -> std::path::PathBuf {
     text.push_str(&format!(
         "[archive]\nlocation = {:?}\nroll_max_records = 5000\nroll_interval_seconds = 1\n",
         archive_root(dir).display().to_string()
+    ));
+    text.push_str(&format!(
+        "[clickhouse]\nurl = {:?}\ndatabase = {:?}\nflush_interval_ms = 500\n",
+        required_env(CLICKHOUSE_URL_ENV),
+        database
     ));
     for team in 0..8 {
         text.push_str(&format!(
@@ -185,7 +192,23 @@ async fn read_topic<E: tollgate_schemas::Event>(log: &dyn EventLog, topic: &str)
 
 /// Waits until every interaction is priced and the budget stage's checkpoints cover the
 /// whole subject-updates topic (with no new updates arriving).
-async fn wait_until_processed(log: &dyn EventLog, expected: usize, log_dir: &Path) {
+/// Whether ClickHouse holds `expected` priced interactions.
+async fn loaded(database: &str, expected: usize) -> bool {
+    let sink = clickhouse(database);
+    let Ok(rows) = sink.query_json("SELECT count() AS rows FROM priced_interactions FINAL").await else { return false };
+    rows.first().is_some_and(|row| row["rows"] == expected)
+}
+
+fn clickhouse(database: &str) -> ClickHouseSink {
+    ClickHouseSink::new(&ClickHouseConfig {
+        url: required_env(CLICKHOUSE_URL_ENV),
+        database: database.to_owned(),
+        user: None,
+        password: None,
+    })
+}
+
+async fn wait_until_processed(log: &dyn EventLog, expected: usize, log_dir: &Path, database: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         if tokio::time::Instant::now() >= deadline {
@@ -212,7 +235,11 @@ async fn wait_until_processed(log: &dyn EventLog, expected: usize, log_dir: &Pat
                 caught_up &= ledger.next_offset == *end;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if caught_up && log.end_offsets(SUBJECT_UPDATES).await.unwrap() == ends && archived(log, log_dir).await {
+            if caught_up
+                && log.end_offsets(SUBJECT_UPDATES).await.unwrap() == ends
+                && archived(log, log_dir).await
+                && loaded(database, expected).await
+            {
                 return;
             }
         } else {
@@ -222,7 +249,7 @@ async fn wait_until_processed(log: &dyn EventLog, expected: usize, log_dir: &Pat
 }
 
 /// The checks shared by both tests, after the processors have stopped.
-async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer: &Pricer, dir: &Path) {
+async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer: &Pricer, dir: &Path, database: &str) {
     // Spend per subject and window, to the nano-dollar.
     let mut ledgers = BTreeMap::new();
     for (partition, _) in log.end_offsets(SUBJECT_UPDATES).await.unwrap() {
@@ -332,6 +359,21 @@ async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer:
     let stored = single("SELECT count(*), count(DISTINCT id) FROM quota_decisions").await;
     let decision_ids: HashSet<uuid::Uuid> = decisions.iter().map(|decision| decision.id).collect();
     assert_eq!(stored, vec![i64::try_from(decisions.len()).unwrap(), i64::try_from(decision_ids.len()).unwrap()]);
+
+    // ClickHouse, read with FINAL: one row per interaction, violation and decision.
+    let sink = clickhouse(database);
+    let one = async |sql: &str| sink.query_json(sql).await.unwrap().into_iter().next().unwrap();
+    let row = one(
+        "SELECT count() AS rows, uniqExact(id) AS ids, sum(cost_total_nanos) AS cost FROM priced_interactions FINAL",
+    )
+    .await;
+    assert_eq!((row["rows"].as_u64(), row["ids"].as_u64()), (Some(count as u64), Some(count as u64)));
+    assert_eq!(row["cost"], expected_cost);
+    let row = one("SELECT count() AS rows FROM policy_violations FINAL").await;
+    assert_eq!(row["rows"], ids.len());
+    let row = one("SELECT count() AS rows FROM quota_decisions FINAL").await;
+    assert_eq!(row["rows"], decision_ids.len());
+    println!("clickhouse: {count} priced interactions, {} violations, {} decisions", ids.len(), decision_ids.len());
 }
 
 fn kafka_log(address: &str) -> Arc<dyn EventLog> {
@@ -342,7 +384,8 @@ fn kafka_log(address: &str) -> Arc<dyn EventLog> {
 async fn processors_killed_mid_stream_give_the_totals_of_a_clean_pass() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = processor_config(dir.path());
+    let database = unique_name("crash").replace('-', "_");
+    let config = processor_config(dir.path(), &database);
     let log = kafka_log(&broker.address);
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
     let interactions = workload(INTERACTIONS_COUNT, 7, start_time());
@@ -376,9 +419,9 @@ async fn processors_killed_mid_stream_give_the_totals_of_a_clean_pass() {
         processor = Processor::start(&config, &broker.address, &format!("crash-{round}"), dir.path());
     }
     publisher.await.unwrap();
-    wait_until_processed(log.as_ref(), INTERACTIONS_COUNT, dir.path()).await;
+    wait_until_processed(log.as_ref(), INTERACTIONS_COUNT, dir.path(), &database).await;
     processor.stop().await;
-    check_outputs(log.as_ref(), &interactions, &pricer, dir.path()).await;
+    check_outputs(log.as_ref(), &interactions, &pricer, dir.path(), &database).await;
     // The restarted instances resumed the budget stage from checkpoints, not from scratch.
     let resumed = (1..=4)
         .map(|round| std::fs::read_to_string(dir.path().join(format!("crash-{round}.log"))).unwrap())
@@ -391,7 +434,8 @@ async fn processors_killed_mid_stream_give_the_totals_of_a_clean_pass() {
 async fn two_instances_in_one_group_give_the_totals_of_one() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = processor_config(dir.path());
+    let database = unique_name("crash").replace('-', "_");
+    let config = processor_config(dir.path(), &database);
     let log = kafka_log(&broker.address);
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
     let interactions = workload(20_000, 11, start_time());
@@ -400,10 +444,10 @@ async fn two_instances_in_one_group_give_the_totals_of_one() {
     let first = Processor::start(&config, &broker.address, "pair-a", dir.path());
     let second = Processor::start(&config, &broker.address, "pair-b", dir.path());
     publish_all(Arc::clone(&log), interactions.clone(), 10_000).await;
-    wait_until_processed(log.as_ref(), interactions.len(), dir.path()).await;
+    wait_until_processed(log.as_ref(), interactions.len(), dir.path(), &database).await;
     first.stop().await;
     second.stop().await;
-    check_outputs(log.as_ref(), &interactions, &pricer, dir.path()).await;
+    check_outputs(log.as_ref(), &interactions, &pricer, dir.path(), &database).await;
     // Both instances did part of the work.
     for instance in ["pair-a", "pair-b"] {
         let text = std::fs::read_to_string(dir.path().join(format!("{instance}.log"))).unwrap();

@@ -24,6 +24,16 @@ struct RawConfig {
     #[serde(default)]
     kafka: RawKafka,
     archive: Option<RawArchive>,
+    clickhouse: Option<RawClickHouse>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClickHouse {
+    #[serde(flatten)]
+    connection: crate::sink::clickhouse::ClickHouseConfig,
+    batch_max_rows: Option<usize>,
+    flush_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,8 +87,8 @@ struct RawBudget {
 pub struct ProcessorConfig {
     /// Name of this instance in logs and in the governance changes it publishes.
     pub instance_id: String,
-    /// Consumer groups are `{group_prefix}-pricing`, `{group_prefix}-budgets` and
-    /// `{group_prefix}-archive`.
+    /// Consumer groups are `{group_prefix}-pricing`, `{group_prefix}-budgets`,
+    /// `{group_prefix}-archive` and `{group_prefix}-clickhouse`.
     /// Instances with the same prefix share the work.
     pub group_prefix: String,
     /// Most records processed in one batch (outputs are acknowledged per batch).
@@ -98,6 +108,35 @@ pub struct ProcessorConfig {
     pub kafka_consumer_properties: BTreeMap<String, String>,
     /// The Parquet archive, if this processor writes one.
     pub archive: Option<ArchiveConfig>,
+    /// ClickHouse, if this processor loads it.
+    pub clickhouse: Option<WarehouseConfig>,
+}
+
+/// Where and how the ClickHouse stage inserts ([`crate::warehouse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarehouseConfig {
+    pub connection: crate::sink::clickhouse::ClickHouseConfig,
+    /// Rows gathered before an insert...
+    pub batch_max_rows: usize,
+    /// ...or the longest a row waits for one.
+    pub flush_interval: Duration,
+}
+
+impl WarehouseConfig {
+    /// The defaults for a server at `url`: inserts of up to 5,000 rows, at least once a
+    /// second, into database `tollgate`.
+    pub fn new(url: impl Into<String>) -> Self {
+        WarehouseConfig {
+            connection: crate::sink::clickhouse::ClickHouseConfig {
+                url: url.into(),
+                database: "tollgate".to_owned(),
+                user: None,
+                password: None,
+            },
+            batch_max_rows: 5_000,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Where and how the archive stage writes Parquet files ([`crate::archive`]).
@@ -143,6 +182,7 @@ impl Default for ProcessorConfig {
             kafka_producer_properties: BTreeMap::new(),
             kafka_consumer_properties: BTreeMap::new(),
             archive: None,
+            clickhouse: None,
         }
     }
 }
@@ -232,6 +272,25 @@ impl ProcessorConfig {
             }
             settings
         });
+        let clickhouse = raw.clickhouse.map(|raw| {
+            let defaults = WarehouseConfig::new(raw.connection.url.clone());
+            if !(raw.connection.url.starts_with("http://") || raw.connection.url.starts_with("https://")) {
+                problems.push(format!(
+                    "clickhouse.url `{}` must be the HTTP interface, for example http://127.0.0.1:8123",
+                    raw.connection.url
+                ));
+            }
+            let settings = WarehouseConfig {
+                connection: raw.connection,
+                batch_max_rows: raw.batch_max_rows.unwrap_or(defaults.batch_max_rows),
+                flush_interval: raw.flush_interval_ms.map_or(defaults.flush_interval, Duration::from_millis),
+            };
+            if settings.batch_max_rows == 0 || settings.flush_interval.is_zero() {
+                problems
+                    .push("clickhouse.batch_max_rows and clickhouse.flush_interval_ms must be above zero".to_owned());
+            }
+            settings
+        });
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -247,6 +306,7 @@ impl ProcessorConfig {
             kafka_producer_properties: raw.kafka.producer_properties,
             kafka_consumer_properties: raw.kafka.consumer_properties,
             archive,
+            clickhouse,
         })
     }
 
@@ -282,6 +342,10 @@ impl ProcessorConfig {
     pub fn archive_group(&self) -> String {
         format!("{}-archive", self.group_prefix)
     }
+
+    pub fn clickhouse_group(&self) -> String {
+        format!("{}-clickhouse", self.group_prefix)
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +361,8 @@ mod tests {
         let archive = config.archive.unwrap();
         assert_eq!(archive.location, "/var/lib/tollgate/archive");
         assert_eq!(archive, ArchiveConfig { location: archive.location.clone(), ..ArchiveConfig::new("") });
+        let clickhouse = config.clickhouse.unwrap();
+        assert_eq!(clickhouse, WarehouseConfig::new("http://127.0.0.1:8123"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Tollgate's stream processors: they consume the interaction log and turn it into money
 //! and governance.
 //!
-//! Three stages, each a consumer group, so instances on several machines share the work:
+//! Stages, each a consumer group, so instances on several machines share the work:
 //!
 //! - [`pricing`]: prices every interaction with the catalog version in effect
 //!   ([`pricer`]), runs the violation detectors ([`detect`]), publishes priced
@@ -20,6 +20,9 @@
 //! - [`archive`] (when configured): writes priced interactions, violations, decisions
 //!   and governance changes as Parquet files, in a directory or an object store, for the
 //!   query API; replays rewrite the same files instead of adding duplicates.
+//!
+//! - [`warehouse`] (when configured): inserts the same four streams into ClickHouse, in
+//!   batches, retrying through an outage, read back deduplicated.
 //!
 //! [`sink`] holds the storage formats (Parquet files, ClickHouse tables).
 //!
@@ -40,6 +43,7 @@ pub mod pricing;
 pub mod sink;
 mod stage;
 pub mod testing;
+pub mod warehouse;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -137,6 +141,17 @@ pub async fn run(
         let (log, metrics, config) = (Arc::clone(&log), Arc::clone(&metrics), config.clone());
         move |stopped| budgets::run(Arc::clone(&log), Arc::clone(&metrics), config.clone(), stopped)
     }));
+    let loader = config.clickhouse.clone().map(|settings| {
+        let sink = sink::clickhouse::ClickHouseSink::new(&settings.connection);
+        tracing::info!(url = %settings.connection.url, database = %settings.connection.database, "loading ClickHouse");
+        tokio::spawn(supervise("clickhouse", stopped.clone(), {
+            let (log, metrics, config) = (Arc::clone(&log), Arc::clone(&metrics), config.clone());
+            move |stopped| {
+                let (log, metrics) = (Arc::clone(&log), Arc::clone(&metrics));
+                warehouse::run(log, sink.clone(), metrics, config.clone(), settings.clone(), stopped)
+            }
+        }))
+    });
     let archiver = archive.map(|(archive, settings)| {
         tokio::spawn(supervise("archive", stopped, {
             let (log, metrics, config) = (Arc::clone(&log), Arc::clone(&metrics), config.clone());
@@ -154,6 +169,9 @@ pub async fn run(
     let _ = budgets.await;
     if let Some(archiver) = archiver {
         let _ = archiver.await;
+    }
+    if let Some(loader) = loader {
+        let _ = loader.await;
     }
     follower.abort();
     if let Some(server) = metrics_server {

@@ -6,7 +6,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `tollgate_processor_records_total` | counter | `stage` (`pricing`, `budgets`, `archive`) |
+//! | `tollgate_processor_records_total` | counter | `stage` (`pricing`, `budgets`, `archive`, `clickhouse`) |
 //! | `tollgate_processor_dead_letters_total` | counter | `stage`, `reason` |
 //! | `tollgate_processor_priced_interactions_total` | counter | `priced` (`true`, `false`) |
 //! | `tollgate_processor_decisions_total` | counter | `state` |
@@ -18,6 +18,8 @@
 //! | `tollgate_processor_archived_rows_total` | counter | `table` |
 //! | `tollgate_processor_archive_files_total` | counter | `table` (Parquet files written) |
 //! | `tollgate_processor_archive_duplicates_total` | counter | `table` (replayed copies left out) |
+//! | `tollgate_processor_clickhouse_rows_total` | counter | `table` (rows inserted) |
+//! | `tollgate_processor_clickhouse_insert_failures_total` | counter | (inserts that failed and are retried) |
 
 use std::sync::Arc;
 
@@ -88,6 +90,8 @@ pub struct ProcessorMetrics {
     pub archived_rows: Family<TableLabels, Counter>,
     pub archive_files: Family<TableLabels, Counter>,
     pub archive_duplicates: Family<TableLabels, Counter>,
+    pub clickhouse_rows: Family<TableLabels, Counter>,
+    pub clickhouse_insert_failures: Counter,
 }
 
 impl Default for ProcessorMetrics {
@@ -135,6 +139,14 @@ impl Default for ProcessorMetrics {
             "Copies of records published again after a crash, left out of the archive",
             archive_duplicates.clone(),
         );
+        let clickhouse_rows = Family::<TableLabels, Counter>::default();
+        registry.register("clickhouse_rows", "Rows inserted into ClickHouse, by table", clickhouse_rows.clone());
+        let clickhouse_insert_failures = Counter::default();
+        registry.register(
+            "clickhouse_insert_failures",
+            "ClickHouse inserts that failed and are being retried",
+            clickhouse_insert_failures.clone(),
+        );
         ProcessorMetrics {
             registry,
             records,
@@ -149,6 +161,8 @@ impl Default for ProcessorMetrics {
             archived_rows,
             archive_files,
             archive_duplicates,
+            clickhouse_rows,
+            clickhouse_insert_failures,
         }
     }
 }

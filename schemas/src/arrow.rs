@@ -47,6 +47,24 @@ pub trait StoredRecord: Sized {
     /// The records of `batch`, in order. The batch may carry its columns in any order and
     /// may carry extra columns; the ones of [`StoredRecord::arrow_schema`] must be present.
     fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError>;
+
+    /// The records as flat JSON rows, in order: one object per record whose keys are the
+    /// columns of [`StoredRecord::arrow_schema`] and whose values are the same values
+    /// (times as integer microseconds, booleans as booleans, lists as arrays). For stores
+    /// that take JSON rows, such as ClickHouse's `JSONEachRow`, so that they hold exactly
+    /// what the Parquet files hold.
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError>;
+}
+
+/// One flat row as a JSON object, column name to value.
+pub type JsonRow = serde_json::Map<String, serde_json::Value>;
+
+fn json_row<Row: Serialize>(row: &Row, record: &'static str) -> Result<JsonRow, RecordBatchError> {
+    match serde_json::to_value(row) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(RecordBatchError::Schema { record, message: "a row is not a JSON object".to_owned() }),
+        Err(error) => Err(RecordBatchError::Schema { record, message: error.to_string() }),
+    }
 }
 
 fn timestamp_field(name: &str, nullable: bool) -> Field {
@@ -368,6 +386,10 @@ impl StoredRecord for Interaction {
         rows_to_batch(&field_refs(interaction_fields()), &rows)
     }
 
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError> {
+        records.iter().map(|record| json_row(&InteractionRow::from_event(record), Self::RECORD)).collect()
+    }
+
     fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {
         let rows: Vec<InteractionRow> = batch_to_rows(batch, &field_refs(interaction_fields()), Self::RECORD)?;
         rows.into_iter()
@@ -415,6 +437,26 @@ struct CostRow {
     source_offset: Option<i64>,
 }
 
+impl CostRow {
+    fn from_event(record: &PricedInteraction) -> Self {
+        CostRow {
+            cost_total_nanos: record.cost.total.0,
+            cost_input_nanos: record.cost.input.0,
+            cost_output_nanos: record.cost.output.0,
+            cost_cache_read_input_nanos: record.cost.cache_read_input.0,
+            cost_cache_creation_input_nanos: record.cost.cache_creation_input.0,
+            cost_reasoning_output_nanos: record.cost.reasoning_output.0,
+            cost_per_call_nanos: record.cost.per_call.0,
+            price_catalog_version: record.price_catalog_version.clone(),
+            priced: record.priced,
+            priced_at: record.priced_at_unix_micros,
+            source_topic: record.source.as_ref().map(|source| source.topic.clone()),
+            source_partition: record.source.as_ref().map(|source| source.partition),
+            source_offset: record.source.as_ref().map(|source| source.offset),
+        }
+    }
+}
+
 impl StoredRecord for PricedInteraction {
     const RECORD: &'static str = "priced_interaction";
 
@@ -427,30 +469,24 @@ impl StoredRecord for PricedInteraction {
     fn to_record_batch(records: &[Self]) -> Result<RecordBatch, RecordBatchError> {
         let interactions: Vec<InteractionRow> =
             records.iter().map(|record| InteractionRow::from_event(&record.interaction)).collect();
-        let costs: Vec<CostRow> = records
-            .iter()
-            .map(|record| CostRow {
-                cost_total_nanos: record.cost.total.0,
-                cost_input_nanos: record.cost.input.0,
-                cost_output_nanos: record.cost.output.0,
-                cost_cache_read_input_nanos: record.cost.cache_read_input.0,
-                cost_cache_creation_input_nanos: record.cost.cache_creation_input.0,
-                cost_reasoning_output_nanos: record.cost.reasoning_output.0,
-                cost_per_call_nanos: record.cost.per_call.0,
-                price_catalog_version: record.price_catalog_version.clone(),
-                priced: record.priced,
-                priced_at: record.priced_at_unix_micros,
-                source_topic: record.source.as_ref().map(|source| source.topic.clone()),
-                source_partition: record.source.as_ref().map(|source| source.partition),
-                source_offset: record.source.as_ref().map(|source| source.offset),
-            })
-            .collect();
+        let costs: Vec<CostRow> = records.iter().map(CostRow::from_event).collect();
         let interaction_batch = rows_to_batch(&field_refs(interaction_fields()), &interactions)?;
         let cost_batch = rows_to_batch(&field_refs(cost_fields()), &costs)?;
         let mut columns = interaction_batch.columns().to_vec();
         columns.extend(cost_batch.columns().iter().cloned());
         RecordBatch::try_new(Self::arrow_schema(), columns)
             .map_err(|error| RecordBatchError::Schema { record: Self::RECORD, message: error.to_string() })
+    }
+
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError> {
+        records
+            .iter()
+            .map(|record| {
+                let mut row = json_row(&InteractionRow::from_event(&record.interaction), Self::RECORD)?;
+                row.extend(json_row(&CostRow::from_event(record), Self::RECORD)?);
+                Ok(row)
+            })
+            .collect()
     }
 
     fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {
@@ -538,6 +574,30 @@ struct QuotaDecisionRow {
     reason: Option<String>,
 }
 
+impl QuotaDecisionRow {
+    fn from_event(decision: &QuotaDecision) -> Self {
+        QuotaDecisionRow {
+            id: decision.id.to_string(),
+            time: decision.time_unix_micros,
+            schema_version: decision.schema_version,
+            subject_kind: decision.subject.kind.as_str().to_owned(),
+            subject_id: decision.subject.id.clone(),
+            budget_id: decision.budget_id.clone(),
+            window_kind: decision.window.kind.as_str().to_owned(),
+            window_start: decision.window.start_unix_micros,
+            window_end: decision.window.end_unix_micros,
+            budget_nanos: decision.budget.0,
+            spent_nanos: decision.spent.0,
+            remaining_nanos: decision.remaining.0,
+            state: decision.state.as_str().to_owned(),
+            hard: decision.hard,
+            version: decision.version,
+            source_offsets: decision.source_offsets.clone(),
+            reason: decision.reason.clone(),
+        }
+    }
+}
+
 impl StoredRecord for QuotaDecision {
     const RECORD: &'static str = "quota_decision";
 
@@ -546,29 +606,12 @@ impl StoredRecord for QuotaDecision {
     }
 
     fn to_record_batch(records: &[Self]) -> Result<RecordBatch, RecordBatchError> {
-        let rows: Vec<QuotaDecisionRow> = records
-            .iter()
-            .map(|decision| QuotaDecisionRow {
-                id: decision.id.to_string(),
-                time: decision.time_unix_micros,
-                schema_version: decision.schema_version,
-                subject_kind: decision.subject.kind.as_str().to_owned(),
-                subject_id: decision.subject.id.clone(),
-                budget_id: decision.budget_id.clone(),
-                window_kind: decision.window.kind.as_str().to_owned(),
-                window_start: decision.window.start_unix_micros,
-                window_end: decision.window.end_unix_micros,
-                budget_nanos: decision.budget.0,
-                spent_nanos: decision.spent.0,
-                remaining_nanos: decision.remaining.0,
-                state: decision.state.as_str().to_owned(),
-                hard: decision.hard,
-                version: decision.version,
-                source_offsets: decision.source_offsets.clone(),
-                reason: decision.reason.clone(),
-            })
-            .collect();
+        let rows: Vec<QuotaDecisionRow> = records.iter().map(QuotaDecisionRow::from_event).collect();
         rows_to_batch(&field_refs(quota_decision_fields()), &rows)
+    }
+
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError> {
+        records.iter().map(|record| json_row(&QuotaDecisionRow::from_event(record), Self::RECORD)).collect()
     }
 
     fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {
@@ -622,6 +665,28 @@ struct PolicyViolationRow {
     evidence: Option<String>,
 }
 
+impl PolicyViolationRow {
+    fn from_event(violation: &PolicyViolation) -> Self {
+        PolicyViolationRow {
+            id: violation.id.to_string(),
+            time: violation.time_unix_micros,
+            schema_version: violation.schema_version,
+            interaction_id: violation.interaction_id.map(|id| id.to_string()),
+            org_id: violation.principal.org_id.clone(),
+            team_id: violation.principal.team_id.clone(),
+            user_id: violation.principal.user_id.clone(),
+            project_id: violation.principal.project_id.clone(),
+            key_id: violation.principal.key_id.clone(),
+            rule_id: violation.rule_id.clone(),
+            severity: violation.severity.as_str().to_owned(),
+            detector: violation.detector.as_str().to_owned(),
+            action: violation.action.as_str().to_owned(),
+            summary: violation.summary.clone(),
+            evidence: violation.evidence.clone(),
+        }
+    }
+}
+
 impl StoredRecord for PolicyViolation {
     const RECORD: &'static str = "policy_violation";
 
@@ -630,27 +695,12 @@ impl StoredRecord for PolicyViolation {
     }
 
     fn to_record_batch(records: &[Self]) -> Result<RecordBatch, RecordBatchError> {
-        let rows: Vec<PolicyViolationRow> = records
-            .iter()
-            .map(|violation| PolicyViolationRow {
-                id: violation.id.to_string(),
-                time: violation.time_unix_micros,
-                schema_version: violation.schema_version,
-                interaction_id: violation.interaction_id.map(|id| id.to_string()),
-                org_id: violation.principal.org_id.clone(),
-                team_id: violation.principal.team_id.clone(),
-                user_id: violation.principal.user_id.clone(),
-                project_id: violation.principal.project_id.clone(),
-                key_id: violation.principal.key_id.clone(),
-                rule_id: violation.rule_id.clone(),
-                severity: violation.severity.as_str().to_owned(),
-                detector: violation.detector.as_str().to_owned(),
-                action: violation.action.as_str().to_owned(),
-                summary: violation.summary.clone(),
-                evidence: violation.evidence.clone(),
-            })
-            .collect();
+        let rows: Vec<PolicyViolationRow> = records.iter().map(PolicyViolationRow::from_event).collect();
         rows_to_batch(&field_refs(policy_violation_fields()), &rows)
+    }
+
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError> {
+        records.iter().map(|record| json_row(&PolicyViolationRow::from_event(record), Self::RECORD)).collect()
     }
 
     fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {
@@ -694,6 +744,23 @@ struct GovernanceChangeRow {
     reason: Option<String>,
 }
 
+impl GovernanceChangeRow {
+    fn from_event(change: &GovernanceChange) -> Self {
+        GovernanceChangeRow {
+            id: change.id.to_string(),
+            time: change.time_unix_micros,
+            schema_version: change.schema_version,
+            actor_kind: change.actor.kind.as_str().to_owned(),
+            actor_id: change.actor.id.clone(),
+            target_kind: change.target.kind.as_str().to_owned(),
+            target_id: change.target.id.clone(),
+            action: change.action.as_str().to_owned(),
+            value_json: (!change.value.is_null()).then(|| change.value.to_string()),
+            reason: change.reason.clone(),
+        }
+    }
+}
+
 impl StoredRecord for GovernanceChange {
     const RECORD: &'static str = "governance_change";
 
@@ -702,22 +769,12 @@ impl StoredRecord for GovernanceChange {
     }
 
     fn to_record_batch(records: &[Self]) -> Result<RecordBatch, RecordBatchError> {
-        let rows: Vec<GovernanceChangeRow> = records
-            .iter()
-            .map(|change| GovernanceChangeRow {
-                id: change.id.to_string(),
-                time: change.time_unix_micros,
-                schema_version: change.schema_version,
-                actor_kind: change.actor.kind.as_str().to_owned(),
-                actor_id: change.actor.id.clone(),
-                target_kind: change.target.kind.as_str().to_owned(),
-                target_id: change.target.id.clone(),
-                action: change.action.as_str().to_owned(),
-                value_json: (!change.value.is_null()).then(|| change.value.to_string()),
-                reason: change.reason.clone(),
-            })
-            .collect();
+        let rows: Vec<GovernanceChangeRow> = records.iter().map(GovernanceChangeRow::from_event).collect();
         rows_to_batch(&field_refs(governance_change_fields()), &rows)
+    }
+
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError> {
+        records.iter().map(|record| json_row(&GovernanceChangeRow::from_event(record), Self::RECORD)).collect()
     }
 
     fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {

@@ -23,6 +23,14 @@ fn arrow_round_trip<R: StoredRecord + PartialEq + std::fmt::Debug>(records: &[R]
     prop_assert_eq!(batch.schema(), R::arrow_schema());
     let decoded = R::from_record_batch(&batch).map_err(|error| TestCaseError::fail(error.to_string()))?;
     prop_assert_eq!(decoded.as_slice(), records);
+    // The JSON rows carry exactly the columns of the batch.
+    let rows = R::to_json_rows(records).map_err(|error| TestCaseError::fail(error.to_string()))?;
+    prop_assert_eq!(rows.len(), records.len());
+    let columns: std::collections::BTreeSet<String> =
+        R::arrow_schema().fields().iter().map(|field| field.name().clone()).collect();
+    for row in &rows {
+        prop_assert_eq!(&row.keys().cloned().collect::<std::collections::BTreeSet<_>>(), &columns);
+    }
     Ok(())
 }
 

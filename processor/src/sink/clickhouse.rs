@@ -1,4 +1,5 @@
-//! The ClickHouse sink: versioned migrations and idempotent inserts of interactions.
+//! The ClickHouse sink: versioned migrations and idempotent inserts of interactions,
+//! priced interactions, policy violations, quota decisions and governance changes.
 //!
 //! The DDL stays inside what both ClickHouse 18.16 and current releases accept: no
 //! `DateTime64`, `Map`, `JSON` or `LowCardinality`; times are `Int64` microseconds with a
@@ -11,6 +12,7 @@
 
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
+use tollgate_schemas::arrow::{JsonRow, StoredRecord};
 use tollgate_schemas::{
     Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, InteractionKind, ModelCall, Outcome,
     OutcomeStatus, Principal, Timing, ToolCall, TraceContext, Usage,
@@ -20,7 +22,7 @@ use uuid::Uuid;
 use super::SinkError;
 
 /// How to reach ClickHouse.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
     /// HTTP interface, for example `http://127.0.0.1:8123`.
@@ -46,11 +48,12 @@ struct Migration {
     statements: &'static [&'static str],
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "interactions and interaction_content",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS interactions (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "interactions and interaction_content",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS interactions (
             id String,
             time Int64,
             event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
@@ -101,7 +104,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
         ) ENGINE = ReplacingMergeTree()
         PARTITION BY toYYYYMM(event_date)
         ORDER BY (org_id, event_date, id)",
-        "CREATE TABLE IF NOT EXISTS interaction_content (
+            "CREATE TABLE IF NOT EXISTS interaction_content (
             id String,
             time Int64,
             event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
@@ -112,8 +115,139 @@ const MIGRATIONS: &[Migration] = &[Migration {
         ) ENGINE = ReplacingMergeTree()
         PARTITION BY toYYYYMM(event_date)
         ORDER BY (org_id, event_date, id)",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "priced_interactions, policy_violations, quota_decisions, governance_changes",
+        statements: &[
+            // The columns of the stored-record layouts in `tollgate_schemas::arrow`, less
+            // the captured content (in `interaction_content`), with times as Int64
+            // microseconds, booleans as UInt8 and lists as Nested.
+            "CREATE TABLE IF NOT EXISTS priced_interactions (
+            id String,
+            time Int64,
+            event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
+            schema_version UInt16,
+            gateway_instance String,
+            org_id String,
+            team_id Nullable(String),
+            user_id Nullable(String),
+            project_id Nullable(String),
+            key_id String,
+            kind String,
+            gen_ai_operation_name Nullable(String),
+            gen_ai_provider_name Nullable(String),
+            upstream Nullable(String),
+            gen_ai_request_model Nullable(String),
+            routed_model Nullable(String),
+            gen_ai_response_model Nullable(String),
+            http_route Nullable(String),
+            streaming Nullable(UInt8),
+            gen_ai_request_max_tokens Nullable(UInt64),
+            mcp_server Nullable(String),
+            mcp_method_name Nullable(String),
+            gen_ai_tool_name Nullable(String),
+            mcp_session_id Nullable(String),
+            request_sha256 Nullable(String),
+            response_sha256 Nullable(String),
+            request_bytes UInt64,
+            response_bytes UInt64,
+            outcome String,
+            http_response_status_code Nullable(UInt16),
+            error_type Nullable(String),
+            error_message Nullable(String),
+            attempts UInt32,
+            fallback_used UInt8,
+            gen_ai_usage_input_tokens UInt64,
+            gen_ai_usage_output_tokens UInt64,
+            gen_ai_usage_cache_read_input_tokens UInt64,
+            gen_ai_usage_cache_creation_input_tokens UInt64,
+            gen_ai_usage_reasoning_output_tokens UInt64,
+            usage_estimated UInt8,
+            duration_us UInt64,
+            time_to_first_token_us Nullable(UInt64),
+            gateway_overhead_us UInt64,
+            trace_id Nullable(String),
+            span_id Nullable(String),
+            trace_flags Nullable(UInt8),
+            tracestate Nullable(String),
+            cost_total_nanos Int64,
+            cost_input_nanos Int64,
+            cost_output_nanos Int64,
+            cost_cache_read_input_nanos Int64,
+            cost_cache_creation_input_nanos Int64,
+            cost_reasoning_output_nanos Int64,
+            cost_per_call_nanos Int64,
+            price_catalog_version String,
+            priced UInt8,
+            priced_at Int64,
+            source_topic Nullable(String),
+            source_partition Nullable(Int32),
+            source_offset Nullable(Int64)
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(event_date)
+        ORDER BY (org_id, event_date, id)",
+            "CREATE TABLE IF NOT EXISTS policy_violations (
+            id String,
+            time Int64,
+            event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
+            schema_version UInt16,
+            interaction_id Nullable(String),
+            org_id String,
+            team_id Nullable(String),
+            user_id Nullable(String),
+            project_id Nullable(String),
+            key_id String,
+            rule_id String,
+            severity String,
+            detector String,
+            action String,
+            summary String,
+            evidence Nullable(String)
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(event_date)
+        ORDER BY (org_id, event_date, id)",
+            "CREATE TABLE IF NOT EXISTS quota_decisions (
+            id String,
+            time Int64,
+            event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
+            schema_version UInt16,
+            subject_kind String,
+            subject_id String,
+            budget_id String,
+            window_kind String,
+            window_start Int64,
+            window_end Nullable(Int64),
+            budget_nanos Int64,
+            spent_nanos Int64,
+            remaining_nanos Int64,
+            state String,
+            hard UInt8,
+            version UInt64,
+            source_offsets Nested(topic String, partition Int32, offset Int64),
+            reason Nullable(String)
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(event_date)
+        ORDER BY (subject_kind, subject_id, event_date, id)",
+            "CREATE TABLE IF NOT EXISTS governance_changes (
+            id String,
+            time Int64,
+            event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
+            schema_version UInt16,
+            actor_kind String,
+            actor_id String,
+            target_kind String,
+            target_id String,
+            action String,
+            value_json Nullable(String),
+            reason Nullable(String)
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(event_date)
+        ORDER BY (event_date, id)",
+        ],
+    },
+];
 
 const MIGRATIONS_TABLE: &str = "tollgate_schema_migrations";
 
@@ -210,6 +344,60 @@ impl ClickHouseSink {
         Ok(())
     }
 
+    /// Inserts `records` into `table` (one of the tables of migration 2) in one `INSERT`
+    /// of JSON rows: the columns of the record's stored layout, so the table holds what
+    /// the Parquet archive holds. For priced interactions the captured content goes to
+    /// `interaction_content` instead. Writing a record again is harmless: readers of
+    /// `FINAL` see one row per id.
+    pub async fn insert_records<R: StoredRecord>(&self, table: &str, records: &[R]) -> Result<(), SinkError> {
+        self.insert_json_rows(table, R::to_json_rows(records)?).await
+    }
+
+    /// [`ClickHouseSink::insert_records`] for rows already made with
+    /// [`StoredRecord::to_json_rows`].
+    pub async fn insert_json_rows(&self, table: &str, rows: Vec<JsonRow>) -> Result<(), SinkError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(rows.len() * 512);
+        let mut content = Vec::new();
+        for mut row in rows {
+            if let Some(row) = content_row(&mut row) {
+                content.push(row);
+            }
+            nest_lists(&mut row);
+            serde_json::to_writer(&mut body, &row).map_err(|error| SinkError::InvalidRow(error.to_string()))?;
+            body.push(b'\n');
+        }
+        let mut insert = self.client.insert_formatted_with(format!("INSERT INTO {table} FORMAT JSONEachRow"));
+        insert.send(bytes::Bytes::from(body)).await?;
+        insert.end().await?;
+        if !content.is_empty() {
+            let mut insert = self.client.insert::<ContentRow>("interaction_content").await?;
+            for row in &content {
+                insert.write(row).await?;
+            }
+            insert.end().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` and returns its rows as JSON objects (`JSONEachRow`, 64-bit integers
+    /// unquoted). For checks and reports whose shape is not a fixed row type.
+    pub async fn query_json(&self, sql: &str) -> Result<Vec<serde_json::Value>, SinkError> {
+        let mut cursor = self
+            .client
+            .query(sql)
+            .with_setting("output_format_json_quote_64bit_integers", "0")
+            .fetch_bytes("JSONEachRow")?;
+        let bytes = cursor.collect().await?;
+        bytes
+            .split(|byte| *byte == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).map_err(|error| SinkError::InvalidRow(error.to_string())))
+            .collect()
+    }
+
     /// Reads interactions back by id, content included, deduplicated.
     pub async fn fetch_interactions(&self, ids: &[Uuid]) -> Result<Vec<Interaction>, SinkError> {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
@@ -233,6 +421,48 @@ impl ClickHouseSink {
                 row.into_event(content).map_err(SinkError::InvalidRow)
             })
             .collect()
+    }
+}
+
+/// Takes the captured-content columns out of a flat priced-interaction row, as a row of
+/// `interaction_content` if anything was captured.
+fn content_row(row: &mut JsonRow) -> Option<ContentRow> {
+    let request = row.remove("captured_request")?;
+    let response = row.remove("captured_response");
+    let redacted = row.remove("content_redacted");
+    let text = |value: Option<&serde_json::Value>| value.and_then(serde_json::Value::as_str).map(str::to_owned);
+    Some(ContentRow {
+        id: text(row.get("id"))?,
+        time: row.get("time").and_then(serde_json::Value::as_i64)?,
+        org_id: text(row.get("org_id"))?,
+        captured_request: request.as_str()?.to_owned(),
+        captured_response: text(response.as_ref()),
+        content_redacted: u8::from(redacted.and_then(|value| value.as_bool()).unwrap_or(false)),
+    })
+}
+
+/// Turns each column holding a list of objects into one array column per field
+/// (`source_offsets` into `source_offsets.topic`, `source_offsets.partition`, ...): the
+/// JSON shape of a ClickHouse `Nested` column.
+fn nest_lists(row: &mut JsonRow) {
+    let lists: Vec<String> = row
+        .iter()
+        .filter(|(_, value)| value.as_array().is_some_and(|items| items.iter().all(serde_json::Value::is_object)))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in lists {
+        let Some(serde_json::Value::Array(items)) = row.remove(&name) else { continue };
+        let mut columns: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+        for item in items {
+            if let serde_json::Value::Object(fields) = item {
+                for (field, value) in fields {
+                    columns.entry(format!("{name}.{field}")).or_default().push(value);
+                }
+            }
+        }
+        for (column, values) in columns {
+            row.insert(column, serde_json::Value::Array(values));
+        }
     }
 }
 
