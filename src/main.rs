@@ -42,6 +42,26 @@ enum Command {
     /// Run the stream processor: prices every interaction, keeps budgets and publishes
     /// quota decisions for gateways to enforce, and detects policy violations.
     Processor(ProcessorArgs),
+    /// Check the archive's stored interactions against its signed checkpoints and report
+    /// every altered, missing or reordered record. Exits with status 1 if any is found.
+    Verify {
+        /// The archive: a directory or an `s3://` URL (the `AWS_*` variables configure S3).
+        #[arg(long, env = "TOLLGATE_ARCHIVE")]
+        archive: String,
+        /// The verifier key of the checkpoints' signer (`name+id+key`, from `tollgate keygen`).
+        #[arg(long, env = "TOLLGATE_ARCHIVE_VERIFIER_KEY")]
+        verifier_key: String,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a key pair for signing the archive's checkpoints: the signing key (for the
+    /// processor's `archive.signing_key`) on the first line, the verifier key (for
+    /// `tollgate verify` and auditors) on the second.
+    Keygen {
+        /// The log's name, for example your host name.
+        name: String,
+    },
     /// Run a simulated model provider (OpenAI- and Anthropic-compatible, with streaming)
     /// to try the gateway without a provider account.
     Simulator {
@@ -170,6 +190,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway(args) => gateway(args).await,
         Command::Processor(args) => processor(args).await,
+        Command::Verify { archive, verifier_key, json } => verify(&archive, &verifier_key, json).await,
+        Command::Keygen { name } => {
+            let (signing, verifier) = tollgate_archive::transparency::generate_key(&name)?;
+            println!("{signing}\n{verifier}");
+            Ok(())
+        }
         Command::Simulator { listen } => {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
@@ -180,6 +206,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn verify(location: &str, verifier_key: &str, json: bool) -> anyhow::Result<()> {
+    let archive = tollgate_archive::Archive::open(location, &Default::default())?;
+    let reports = tollgate_archive::transparency::verify(&archive, verifier_key).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for report in &reports {
+            let state = if report.ok() { "ok" } else { "FAILED" };
+            println!(
+                "{} partition {}: {state}: {} records stored, {} signed",
+                report.table, report.partition, report.stored_records, report.checkpoint_size
+            );
+            for problem in &report.problems {
+                let place = match (&problem.file, problem.row) {
+                    (Some(file), Some(row)) => format!(" ({file}, row {row})"),
+                    _ => String::new(),
+                };
+                println!("  {:?}{place}: {}", problem.kind, problem.detail);
+            }
+        }
+        if reports.is_empty() {
+            println!("{location}: no priced interactions archived");
+        }
+    }
+    if reports.iter().any(|report| !report.ok()) {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tollgate_archive::Archive;
 use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
-use tollgate_processor::archive::Archive;
 use tollgate_processor::config::ArchiveConfig;
 use tollgate_processor::metrics::ProcessorMetrics;
 use tollgate_processor::pricer::Pricer;
@@ -356,4 +356,180 @@ async fn the_archive_works_on_s3_compatible_storage() {
     let priced = store.sql("SELECT count(DISTINCT id), sum(cost_total_nanos) FROM priced_interactions").await.unwrap();
     assert_eq!(int(&priced, 0), 1_000);
     assert_eq!(int(&priced, 1), expected_cost);
+}
+
+/// RFC 9162, section 2.1.3.2, written out here independently of the `tlog_tiles` code the
+/// archive uses: does `proof` show that `leaf` is leaf `index` of the tree of `size` with
+/// root `root`?
+fn rfc9162_inclusion(leaf: [u8; 32], index: u64, size: u64, proof: &[[u8; 32]], root: [u8; 32]) -> bool {
+    use sha2::{Digest, Sha256};
+    let node = |left: &[u8; 32], right: &[u8; 32]| -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update([0x01]);
+        hasher.update(left);
+        hasher.update(right);
+        hasher.finalize().into()
+    };
+    if index >= size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut hash = leaf;
+    for sibling in proof {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            hash = node(sibling, &hash);
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            hash = node(&hash, sibling);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && hash == root
+}
+
+/// `SHA-256(0x00 || canonical JSON)`, computed here rather than by the archive.
+fn leaf_of(record: &tollgate_schemas::PricedInteraction) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update([0x00]);
+    hasher.update(tollgate_schemas::encode(record).unwrap());
+    hasher.finalize().into()
+}
+
+/// Rewrites the Parquet file at `path` with `records`, keeping its metadata.
+async fn rewrite(archive: &Archive, path: &str, records: &[tollgate_schemas::PricedInteraction]) {
+    use tollgate_schemas::arrow::StoredRecord;
+    let batch = tollgate_schemas::PricedInteraction::to_record_batch(records).unwrap();
+    let bytes = tollgate_processor::sink::parquet::to_bytes(&[batch], Vec::new()).unwrap();
+    archive.put(path, bytes).await.unwrap();
+}
+
+fn run_verify(root: &Path, verifier: &str) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["verify", "--archive", root.to_str().unwrap(), "--verifier-key", verifier])
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_the_archive_is_found_and_named() {
+    use tollgate_archive::transparency::{self, ProblemKind};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap());
+    tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
+    let interactions = workload(800, 21, START);
+    publish(log.as_ref(), &interactions).await;
+    let (signing, verifier) = transparency::generate_key("tollgate-test.example").unwrap();
+    let archive = Archive::open(root.to_str().unwrap(), &BTreeMap::new()).unwrap();
+    let settings = ArchiveConfig {
+        roll_max_records: 40,
+        roll_interval: Duration::from_millis(200),
+        signing_key: Some(signing),
+        ..ArchiveConfig::new(root.to_str().unwrap())
+    };
+    run_until_archived(&log, settings, &archive, interactions.len()).await;
+
+    // Untouched: every partition verifies, and its checkpoint covers all of it.
+    let reports = transparency::verify(&archive, &verifier).await.unwrap();
+    assert_eq!(reports.iter().map(|report| report.stored_records).sum::<u64>(), 800);
+    for report in &reports {
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.checkpoint_size, report.stored_records);
+    }
+    assert!(run_verify(&root, &verifier).0);
+    // A checkpoint does not verify with another key.
+    let (_, stranger) = transparency::generate_key("tollgate-test.example").unwrap();
+    let strange = transparency::verify(&archive, &stranger).await.unwrap();
+    assert!(strange.iter().all(|report| report.problems[0].kind == ProblemKind::BadCheckpoint));
+
+    // The busiest partition, its files in log order and its records.
+    let busiest = reports.iter().max_by_key(|report| report.stored_records).unwrap();
+    let partition = busiest.partition;
+    let table = archive::PRICED_INTERACTIONS;
+    let files = archive.data_files(table, partition).await.unwrap();
+    let mut records = Vec::new();
+    for file in &files {
+        let rows: Vec<tollgate_schemas::PricedInteraction> = archive.read_records(&file.path).await.unwrap();
+        records.extend(rows.into_iter().map(|record| (file.path.clone(), record)));
+    }
+    let size = busiest.checkpoint_size;
+    assert_eq!(records.len() as u64, size);
+
+    // An inclusion proof, checked by an independent implementation of RFC 9162.
+    let note = transparency::read_checkpoint(&archive, table, partition, None).await.unwrap().unwrap();
+    let head = transparency::open_checkpoint(&note, &verifier).unwrap();
+    let merkle = transparency::PartitionLog::load(&archive, table, partition, size).await.unwrap();
+    for index in [0, size / 2, size - 1] {
+        let proof: Vec<[u8; 32]> =
+            merkle.inclusion_proof(index, size).unwrap().into_iter().map(|hash| hash.0).collect();
+        let leaf = leaf_of(&records[usize::try_from(index).unwrap()].1);
+        assert!(rfc9162_inclusion(leaf, index, size, &proof, head.root.0), "record {index}");
+        assert!(!rfc9162_inclusion(leaf, (index + 1) % size, size, &proof, head.root.0));
+    }
+    // A consistency proof between the first checkpoint and the newest.
+    let history = archive.list(&format!("_merkle/{}/p{partition:03}/checkpoints", table.name)).await.unwrap();
+    assert!(history.len() >= 2, "{history:?}");
+    let first = archive.get(&history[0]).await.unwrap().unwrap();
+    let first = transparency::open_checkpoint(&first, &verifier).unwrap();
+    let proof = merkle.consistency_proof(first.size, size).unwrap();
+    assert!(transparency::check_consistency(&proof, first.size, first.root, size, head.root));
+
+    // Altering one record: found, and named.
+    let victim = usize::try_from(size / 2).unwrap();
+    let (path, _) = records[victim].clone();
+    let in_file: Vec<tollgate_schemas::PricedInteraction> =
+        records.iter().filter(|(file, _)| *file == path).map(|(_, record)| record.clone()).collect();
+    let row = in_file.iter().position(|record| record.interaction.id == records[victim].1.interaction.id).unwrap();
+    let original = archive.get(&path).await.unwrap().unwrap();
+    let mut altered = in_file.clone();
+    altered[row].cost.total.0 += 1;
+    rewrite(&archive, &path, &altered).await;
+    let report = transparency::verify_partition(&archive, partition, &verifier).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    let problem = &report.problems[0];
+    assert_eq!(problem.kind, ProblemKind::Altered);
+    assert_eq!(problem.interaction_id, Some(altered[row].interaction.id));
+    assert_eq!(problem.file.as_deref(), Some(path.as_str()));
+    assert_eq!(problem.row, Some(row));
+    let (ok, printed) = run_verify(&root, &verifier);
+    assert!(!ok && printed.contains(&altered[row].interaction.id.to_string()), "{printed}");
+
+    // Deleting one record.
+    let mut fewer = in_file.clone();
+    let deleted = fewer.remove(row);
+    rewrite(&archive, &path, &fewer).await;
+    let report = transparency::verify_partition(&archive, partition, &verifier).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].kind, ProblemKind::Missing);
+    assert_eq!(report.problems[0].position, Some(victim as u64));
+    if victim > 0 {
+        let previous = records[victim - 1].1.interaction.id.to_string();
+        assert!(report.problems[0].detail.contains(&previous), "{:?}", report.problems[0]);
+    }
+    assert_ne!(deleted.interaction.id, uuid::Uuid::nil());
+
+    // Swapping two neighbouring records.
+    let neighbour = if row + 1 < in_file.len() { row + 1 } else { row - 1 };
+    let mut swapped = in_file.clone();
+    swapped.swap(row, neighbour);
+    rewrite(&archive, &path, &swapped).await;
+    let report = transparency::verify_partition(&archive, partition, &verifier).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].kind, ProblemKind::Reordered);
+    let pair = [in_file[row].interaction.id, in_file[neighbour].interaction.id];
+    assert!(pair.contains(&report.problems[0].interaction_id.unwrap()));
+
+    // Put back as it was: verifies again.
+    archive.put(&path, original.to_vec()).await.unwrap();
+    assert!(transparency::verify_partition(&archive, partition, &verifier).await.unwrap().ok());
+    assert!(run_verify(&root, &verifier).0);
 }

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::AsArray;
+use tollgate_archive::Archive;
+use tollgate_archive::transparency;
 use tollgate_eventlog::testing::{CLICKHOUSE_URL_ENV, TestBroker, required_env, unique_name};
 use tollgate_eventlog::{EventLog, KafkaConfig, KafkaLog};
-use tollgate_processor::archive::Archive;
 use tollgate_processor::pricer::Pricer;
 use tollgate_processor::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
 use tollgate_processor::testing::workload;
@@ -44,7 +45,7 @@ fn start_time() -> i64 {
     (now - 300_000_000).max(now - now.rem_euclid(MICROS_PER_DAY))
 }
 
-fn processor_config(dir: &Path, database: &str) -> std::path::PathBuf {
+fn processor_config(dir: &Path, database: &str, signing_key: &str) -> std::path::PathBuf {
     let mut text = String::from(
         r#"
         [processor]
@@ -57,8 +58,9 @@ fn processor_config(dir: &Path, database: &str) -> std::path::PathBuf {
         "#,
     );
     text.push_str(&format!(
-        "[archive]\nlocation = {:?}\nroll_max_records = 5000\nroll_interval_seconds = 1\n",
-        archive_root(dir).display().to_string()
+        "[archive]\nlocation = {:?}\nroll_max_records = 5000\nroll_interval_seconds = 1\nsigning_key = {:?}\n",
+        archive_root(dir).display().to_string(),
+        signing_key
     ));
     text.push_str(&format!(
         "[clickhouse]\nurl = {:?}\ndatabase = {:?}\nflush_interval_ms = 500\n",
@@ -249,7 +251,14 @@ async fn wait_until_processed(log: &dyn EventLog, expected: usize, log_dir: &Pat
 }
 
 /// The checks shared by both tests, after the processors have stopped.
-async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer: &Pricer, dir: &Path, database: &str) {
+async fn check_outputs(
+    log: &dyn EventLog,
+    interactions: &[Interaction],
+    pricer: &Pricer,
+    dir: &Path,
+    database: &str,
+    verifier_key: &str,
+) {
     // Spend per subject and window, to the nano-dollar.
     let mut ledgers = BTreeMap::new();
     for (partition, _) in log.end_offsets(SUBJECT_UPDATES).await.unwrap() {
@@ -374,6 +383,14 @@ async fn check_outputs(log: &dyn EventLog, interactions: &[Interaction], pricer:
     let row = one("SELECT count() AS rows FROM quota_decisions FINAL").await;
     assert_eq!(row["rows"], decision_ids.len());
     println!("clickhouse: {count} priced interactions, {} violations, {} decisions", ids.len(), decision_ids.len());
+
+    // The archive's Merkle log, rewritten where crashes cut ranges short, verifies.
+    let archive = Archive::open(archive_root(dir).to_str().unwrap(), &BTreeMap::new()).unwrap();
+    let reports = transparency::verify(&archive, verifier_key).await.unwrap();
+    assert_eq!(reports.iter().map(|report| report.checkpoint_size).sum::<u64>(), count as u64);
+    for report in &reports {
+        assert!(report.ok(), "{report:?}");
+    }
 }
 
 fn kafka_log(address: &str) -> Arc<dyn EventLog> {
@@ -385,7 +402,8 @@ async fn processors_killed_mid_stream_give_the_totals_of_a_clean_pass() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
     let database = unique_name("crash").replace('-', "_");
-    let config = processor_config(dir.path(), &database);
+    let (signing_key, verifier_key) = transparency::generate_key("crash-test.example").unwrap();
+    let config = processor_config(dir.path(), &database, &signing_key);
     let log = kafka_log(&broker.address);
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
     let interactions = workload(INTERACTIONS_COUNT, 7, start_time());
@@ -421,7 +439,7 @@ async fn processors_killed_mid_stream_give_the_totals_of_a_clean_pass() {
     publisher.await.unwrap();
     wait_until_processed(log.as_ref(), INTERACTIONS_COUNT, dir.path(), &database).await;
     processor.stop().await;
-    check_outputs(log.as_ref(), &interactions, &pricer, dir.path(), &database).await;
+    check_outputs(log.as_ref(), &interactions, &pricer, dir.path(), &database, &verifier_key).await;
     // The restarted instances resumed the budget stage from checkpoints, not from scratch.
     let resumed = (1..=4)
         .map(|round| std::fs::read_to_string(dir.path().join(format!("crash-{round}.log"))).unwrap())
@@ -435,7 +453,8 @@ async fn two_instances_in_one_group_give_the_totals_of_one() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
     let database = unique_name("crash").replace('-', "_");
-    let config = processor_config(dir.path(), &database);
+    let (signing_key, verifier_key) = transparency::generate_key("crash-test.example").unwrap();
+    let config = processor_config(dir.path(), &database, &signing_key);
     let log = kafka_log(&broker.address);
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
     let interactions = workload(20_000, 11, start_time());
@@ -447,7 +466,7 @@ async fn two_instances_in_one_group_give_the_totals_of_one() {
     wait_until_processed(log.as_ref(), interactions.len(), dir.path(), &database).await;
     first.stop().await;
     second.stop().await;
-    check_outputs(log.as_ref(), &interactions, &pricer, dir.path(), &database).await;
+    check_outputs(log.as_ref(), &interactions, &pricer, dir.path(), &database, &verifier_key).await;
     // Both instances did part of the work.
     for instance in ["pair-a", "pair-b"] {
         let text = std::fs::read_to_string(dir.path().join(format!("{instance}.log"))).unwrap();

@@ -31,11 +31,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::file::metadata::KeyValue;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tollgate_archive::transparency::{self, Hash, LogSigner, PartitionLog};
 use tollgate_eventlog::{EventLog, Position, Record, Subscription};
 use tollgate_schemas::archive::{self, Table};
 use tollgate_schemas::arrow::StoredRecord;
@@ -51,98 +49,7 @@ use crate::stage::{Outputs, StageError, next_batch, send_dead_letter};
 
 const STAGE: &str = "archive";
 
-/// The archive's storage: an object store and the prefix everything goes under.
-#[derive(Debug, Clone)]
-pub struct Archive {
-    store: Arc<dyn ObjectStore>,
-    root: Path,
-    location: String,
-}
-
-/// A partition's progress marker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Every record before this offset is archived.
-    pub next_offset: i64,
-    /// A range being written: `[first, last]`.
-    pub pending: Option<[i64; 2]>,
-    /// For priced interactions: the highest source offset seen in each source partition
-    /// before `next_offset` (or before the pending range), which is where duplicate
-    /// detection resumes.
-    #[serde(default)]
-    pub sources: Vec<SourceOffset>,
-    pub instance: String,
-    pub updated_unix_micros: i64,
-}
-
-impl Archive {
-    /// Opens the archive at `location`: a local directory (created if missing), or an
-    /// object store URL such as `s3://bucket/prefix` with `options` for the store
-    /// (`aws_endpoint`, `aws_region`, credentials, ...; otherwise the usual environment
-    /// variables apply).
-    pub fn open(location: &str, options: &BTreeMap<String, String>) -> Result<Archive, SinkError> {
-        let invalid = |message: String| SinkError::Location { location: location.to_owned(), message };
-        if location.contains("://") {
-            let url = url::Url::parse(location).map_err(|error| invalid(error.to_string()))?;
-            let mut builder_options: Vec<(String, String)> =
-                options.iter().map(|(name, value)| (name.clone(), value.clone())).collect();
-            if url.scheme() == "s3" {
-                // Read the standard AWS environment variables, as the AWS tools do.
-                for (name, value) in std::env::vars() {
-                    let lower = name.to_ascii_lowercase();
-                    if lower.starts_with("aws_") && !options.contains_key(&lower) {
-                        builder_options.push((lower, value));
-                    }
-                }
-            }
-            let (store, root) =
-                object_store::parse_url_opts(&url, builder_options).map_err(|error| invalid(error.to_string()))?;
-            return Ok(Archive { store: Arc::from(store), root, location: location.to_owned() });
-        }
-        std::fs::create_dir_all(location).map_err(|error| invalid(error.to_string()))?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(location)
-            .map_err(|error| invalid(error.to_string()))?
-            .with_automatic_cleanup(true);
-        Ok(Archive { store: Arc::new(store), root: Path::default(), location: location.to_owned() })
-    }
-
-    /// Where the archive is, as configured.
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
-    fn path(&self, relative: &str) -> Path {
-        relative.split('/').fold(self.root.clone(), |path, part| path.clone().join(part))
-    }
-
-    /// The progress marker of `partition` of `table`, if it was ever written.
-    pub async fn progress(&self, table: Table, partition: i32) -> Result<Option<Progress>, SinkError> {
-        let path = self.path(&table.progress_path(partition));
-        let bytes = match self.store.get(&path).await {
-            Ok(result) => result.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|error| SinkError::InvalidRow(format!("progress marker {path}: {error}")))
-    }
-
-    async fn set_progress(&self, table: Table, partition: i32, progress: &Progress) -> Result<(), SinkError> {
-        let bytes = serde_json::to_vec(progress).map_err(|error| SinkError::InvalidRow(error.to_string()))?;
-        self.store.put(&self.path(&table.progress_path(partition)), PutPayload::from(bytes)).await?;
-        Ok(())
-    }
-
-    async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
-        self.store.put(&self.path(relative), PutPayload::from(bytes)).await?;
-        Ok(())
-    }
-}
+pub use tollgate_archive::{Archive, Progress};
 
 /// What the stage keeps for a partition it owns.
 #[derive(Debug)]
@@ -159,6 +66,8 @@ struct Part {
     opened: Instant,
     /// The highest source offset seen per source partition, up to `expected`.
     sources: BTreeMap<(String, i32), i64>,
+    /// The partition's Merkle log up to `expected`, when checkpoints are signed.
+    log: Option<PartitionLog>,
 }
 
 /// Runs the archive stage until `shutdown` turns true or the log or the store fails.
@@ -175,19 +84,24 @@ pub async fn run(
     let mut subscription = log.subscribe(&group, &topics).await?;
     let mut parts: BTreeMap<(String, i32), Part> = BTreeMap::new();
     let mut generation = None;
+    let signer = match &settings.signing_key {
+        Some(key) => Some(LogSigner::new(key)?),
+        None => None,
+    };
     let writer = Writer {
         log: log.as_ref(),
         archive: &archive,
         metrics: &metrics,
         group: &group,
         instance: &config.instance_id,
+        signer: signer.as_ref(),
     };
     let idle = (settings.roll_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let batch = next_batch(subscription.as_mut(), config.batch_max_records, &mut shutdown, idle).await?;
         if generation != Some(subscription.generation()) {
             generation = Some(subscription.generation());
-            reconcile(&archive, subscription.assignment(), &mut parts).await?;
+            reconcile(&archive, subscription.assignment(), &mut parts, signer.is_some()).await?;
         }
         let Some(batch) = batch else {
             for part in parts.values_mut() {
@@ -236,6 +150,7 @@ async fn reconcile(
     archive: &Archive,
     assigned: Vec<(String, i32)>,
     parts: &mut BTreeMap<(String, i32), Part>,
+    signed: bool,
 ) -> Result<(), StageError> {
     parts.retain(|key, _| assigned.contains(key));
     for (topic, partition) in assigned {
@@ -249,6 +164,12 @@ async fn reconcile(
             Some(Progress { pending: Some([first, last]), .. }) => (*first, Some(*last)),
             Some(progress) => (progress.next_offset, None),
             None => (0, None),
+        };
+        let leaves = progress.as_ref().map_or(0, |progress| progress.leaves);
+        let log = if signed && table == archive::PRICED_INTERACTIONS {
+            Some(PartitionLog::load(archive, table, partition, leaves).await?)
+        } else {
+            None
         };
         let sources = progress
             .into_iter()
@@ -267,6 +188,7 @@ async fn reconcile(
                 bytes: 0,
                 opened: Instant::now(),
                 sources,
+                log,
             },
         );
     }
@@ -280,6 +202,7 @@ struct Writer<'a> {
     metrics: &'a ProcessorMetrics,
     group: &'a str,
     instance: &'a str,
+    signer: Option<&'a LogSigner>,
 }
 
 impl Writer<'_> {
@@ -289,9 +212,10 @@ impl Writer<'_> {
         let (Some(first), Some(last)) = (part.buffer.first(), part.buffer.last()) else { return Ok(()) };
         let (first, last) = (first.offset, last.offset);
         let table = part.table;
-        let progress = |next_offset, pending, sources: &BTreeMap<(String, i32), i64>| Progress {
+        let progress = |next_offset, pending, sources: &BTreeMap<(String, i32), i64>, leaves| Progress {
             next_offset,
             pending,
+            leaves,
             sources: sources
                 .iter()
                 .map(|((topic, partition), offset)| SourceOffset {
@@ -303,13 +227,14 @@ impl Writer<'_> {
             instance: self.instance.to_owned(),
             updated_unix_micros: tollgate_schemas::now_unix_micros(),
         };
-        let pending = progress(first, Some([first, last]), &part.sources);
+        let leaves_before = part.log.as_ref().map_or(0, PartitionLog::size);
+        let pending = progress(first, Some([first, last]), &part.sources, leaves_before);
         self.archive.set_progress(table, part.partition, &pending).await?;
         let mut outputs = Outputs::default();
         let records = std::mem::take(&mut part.buffer);
         part.bytes = 0;
         let sources = &mut part.sources;
-        let rows = match table {
+        let (rows, leaves) = match table {
             archive::PRICED_INTERACTIONS => {
                 self.write::<PricedInteraction>(table, &records, sources, &mut outputs).await?
             }
@@ -318,7 +243,20 @@ impl Writer<'_> {
             _ => self.write::<GovernanceChange>(table, &records, sources, &mut outputs).await?,
         };
         outputs.acknowledged().await?;
-        self.archive.set_progress(table, part.partition, &progress(last + 1, None, &part.sources)).await?;
+        if let (Some(log), Some(signer)) = (part.log.as_mut(), self.signer) {
+            // The range's leaves, their hashes, then a checkpoint signing the new size.
+            let first_leaf = log.size();
+            for leaf in leaves {
+                log.append(leaf)?;
+            }
+            log.save(self.archive, table, part.partition, first_leaf).await?;
+            let now = tollgate_schemas::now_unix_micros();
+            transparency::write_checkpoint(self.archive, signer, table, part.partition, log, now).await?;
+        }
+        let leaves_after = part.log.as_ref().map_or(0, PartitionLog::size);
+        self.archive
+            .set_progress(table, part.partition, &progress(last + 1, None, &part.sources, leaves_after))
+            .await?;
         let position = Position { topic: table.topic.to_owned(), partition: part.partition, next_offset: last + 1 };
         if let Err(error) = subscription.commit(&[position]).await {
             // The marker is what counts; a member that reads these again skips them.
@@ -330,15 +268,16 @@ impl Writer<'_> {
     }
 
     /// Decodes `records` as `E`, drops replayed copies (see [`Archived::source`]), and
-    /// writes one file per date. Returns the rows written.
+    /// writes one file per date. Returns the rows written and, for events that are Merkle
+    /// leaves, their leaf hashes in archive order (by date, then row).
     async fn write<E: Archived>(
         &self,
         table: Table,
         records: &[Record],
         sources: &mut BTreeMap<(String, i32), i64>,
         outputs: &mut Outputs,
-    ) -> Result<usize, StageError> {
-        let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(0) };
+    ) -> Result<(usize, Vec<Hash>), StageError> {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok((0, Vec::new())) };
         let (partition, first, last) = (first.partition, first.offset, last.offset);
         // Each event with the record it came from, by date.
         let mut by_date: BTreeMap<String, (Vec<E>, Vec<&Record>)> = BTreeMap::new();
@@ -365,6 +304,7 @@ impl Writer<'_> {
             }
         }
         let mut rows = 0;
+        let mut leaves = Vec::new();
         for (date, (mut events, origins)) in by_date {
             let mut batch = E::to_record_batch(&events);
             if let Err(error) = &batch {
@@ -396,11 +336,18 @@ impl Writer<'_> {
                 KeyValue::new(archive::METADATA_LAST_OFFSET.to_owned(), last.to_string()),
             ];
             rows += batch.num_rows();
+            if self.signer.is_some() {
+                for event in &events {
+                    if let Some(leaf) = event.leaf()? {
+                        leaves.push(leaf);
+                    }
+                }
+            }
             let bytes = crate::sink::parquet::to_bytes(&[batch], metadata)?;
             self.archive.put(&table.file_path(&date, partition, first, last), bytes).await?;
             self.metrics.archive_files.get_or_create(&TableLabels { table: table.name }).inc();
         }
-        Ok(rows)
+        Ok((rows, leaves))
     }
 
     async fn dead_letter(
@@ -428,6 +375,11 @@ trait Archived: Event + StoredRecord {
     fn source(&self) -> Option<&SourceOffset> {
         None
     }
+
+    /// The event's leaf hash, for events in the archive's Merkle log.
+    fn leaf(&self) -> Result<Option<Hash>, tollgate_archive::ArchiveError> {
+        Ok(None)
+    }
 }
 
 impl Archived for PricedInteraction {
@@ -437,6 +389,10 @@ impl Archived for PricedInteraction {
 
     fn source(&self) -> Option<&SourceOffset> {
         self.source.as_ref()
+    }
+
+    fn leaf(&self) -> Result<Option<Hash>, tollgate_archive::ArchiveError> {
+        transparency::leaf_hash(self).map(Some)
     }
 }
 

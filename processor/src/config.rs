@@ -45,6 +45,8 @@ struct RawArchive {
     roll_max_records: Option<usize>,
     roll_max_mib: Option<usize>,
     roll_interval_seconds: Option<u64>,
+    signing_key: Option<String>,
+    signing_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +154,9 @@ pub struct ArchiveConfig {
     pub roll_max_bytes: usize,
     /// ...or has been open this long. Also how stale the archive may be.
     pub roll_interval: Duration,
+    /// The Ed25519 key (`PRIVATE+KEY+name+id+key`, see `tollgate keygen`) that signs the
+    /// Merkle log's checkpoints. Without one the archive keeps no Merkle log.
+    pub signing_key: Option<String>,
 }
 
 impl ArchiveConfig {
@@ -164,6 +169,7 @@ impl ArchiveConfig {
             roll_max_records: 100_000,
             roll_max_bytes: 64 << 20,
             roll_interval: Duration::from_secs(60),
+            signing_key: None,
         }
     }
 }
@@ -257,7 +263,28 @@ impl ProcessorConfig {
             if raw.location.trim().is_empty() {
                 problems.push("archive.location must name a directory or an object store URL".to_owned());
             }
+            let signing_key = match (raw.signing_key, raw.signing_key_file) {
+                (Some(_), Some(_)) => {
+                    problems.push("archive.signing_key and archive.signing_key_file are both set; keep one".to_owned());
+                    None
+                }
+                (Some(key), None) => Some(key),
+                (None, Some(path)) => match std::fs::read_to_string(&path) {
+                    Ok(key) => Some(key.trim().to_owned()),
+                    Err(error) => {
+                        problems.push(format!("archive.signing_key_file {}: {error}", path.display()));
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            if let Some(key) = &signing_key
+                && let Err(error) = tollgate_archive::transparency::LogSigner::new(key)
+            {
+                problems.push(format!("archive signing key: {error}"));
+            }
             let settings = ArchiveConfig {
+                signing_key,
                 location: raw.location,
                 options: raw.options,
                 roll_max_records: raw.roll_max_records.unwrap_or(defaults.roll_max_records),

@@ -75,7 +75,7 @@ pub enum ProcessorError {
     #[error("serving metrics on {address}: {source}")]
     Metrics { address: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
-    Archive(#[from] sink::SinkError),
+    Archive(#[from] tollgate_archive::ArchiveError),
 }
 
 /// The processor's start-up input besides its configuration.

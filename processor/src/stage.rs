@@ -20,6 +20,8 @@ pub enum StageError {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Archive(#[from] tollgate_archive::ArchiveError),
 }
 
 /// Waits for a first record, then takes every record already available, up to `max`.

@@ -16,8 +16,6 @@ pub enum SinkError {
     Io { path: String, source: std::io::Error },
     #[error("stored row is not a valid event: {0}")]
     InvalidRow(String),
-    #[error("object store: {0}")]
-    ObjectStore(#[from] object_store::Error),
-    #[error("archive location `{location}`: {message}")]
-    Location { location: String, message: String },
+    #[error(transparent)]
+    Archive(#[from] tollgate_archive::ArchiveError),
 }
