@@ -42,6 +42,18 @@ enum Command {
     /// Run the stream processor: prices every interaction, keeps budgets and publishes
     /// quota decisions for gateways to enforce, and detects policy violations.
     Processor(ProcessorArgs),
+    /// Run the read-only query API (cost reports, interaction search) over the Parquet
+    /// archive.
+    QueryApi(QueryApiArgs),
+    /// Make an API token for the query API: prints the token (for its holder only) and the
+    /// `[[tokens]]` entry, which holds only its hash, for the configuration.
+    Token {
+        /// Who will hold it, as the access log will name them.
+        name: String,
+        /// finance, auditor or admin.
+        #[arg(long, default_value = "finance")]
+        role: String,
+    },
     /// Check the archive's stored interactions against its signed checkpoints and report
     /// every altered, missing or reordered record. Exits with status 1 if any is found.
     Verify {
@@ -99,6 +111,19 @@ struct GatewayArgs {
     /// Check the configuration, print a summary, and exit.
     #[arg(long)]
     validate: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct QueryApiArgs {
+    /// The query API's configuration file; `query-api.example.toml` documents every setting.
+    #[arg(long, env = "TOLLGATE_QUERY_API_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding `listen`.
+    #[arg(long, env = "TOLLGATE_QUERY_API_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The Parquet archive (a directory or an `s3://` URL), overriding `archive`.
+    #[arg(long, env = "TOLLGATE_ARCHIVE")]
+    archive: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,6 +215,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway(args) => gateway(args).await,
         Command::Processor(args) => processor(args).await,
+        Command::QueryApi(args) => query_api(args).await,
+        Command::Token { name, role } => {
+            let role: tollgate_query_api::auth::Role = serde_json::from_value(serde_json::Value::String(role.clone()))
+                .map_err(|_| anyhow::anyhow!("role `{role}` is not finance, auditor or admin"))?;
+            let token = format!("tg_{}", uuid::Uuid::new_v4().simple());
+            println!("token: {token}");
+            println!(
+                "\n[[tokens]]\nname = {name:?}\nrole = \"{}\"\nsha256 = \"{}\"",
+                role.as_str(),
+                tollgate_query_api::auth::token_hash(&token)
+            );
+            Ok(())
+        }
         Command::Verify { archive, verifier_key, json } => verify(&archive, &verifier_key, json).await,
         Command::Keygen { name } => {
             let (signing, verifier) = tollgate_archive::transparency::generate_key(&name)?;
@@ -206,6 +244,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn query_api(args: QueryApiArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("reading the query API configuration {} (see query-api.example.toml)", path.display())
+            })?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => tollgate_query_api::server::QueryApiConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(archive) = args.archive {
+        config.archive = archive;
+    }
+    anyhow::ensure!(
+        !config.archive.is_empty(),
+        "no archive: give --archive (or TOLLGATE_ARCHIVE, or `archive` in the configuration)"
+    );
+    if config.tokens.is_empty() {
+        tracing::warn!("no API tokens are configured: every request will be refused (make one with `tollgate token`)");
+    }
+    let router = tollgate_query_api::server::router(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, archive = %config.archive, "query API listening");
+    tollgate_query_api::server::serve(listener, router, shutdown_signal()).await?;
+    Ok(())
 }
 
 async fn verify(location: &str, verifier_key: &str, json: bool) -> anyhow::Result<()> {

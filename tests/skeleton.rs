@@ -168,7 +168,13 @@ async fn an_interaction_is_the_same_record_in_kafka_parquet_and_clickhouse() {
     });
     sink.migrate().await.unwrap();
     sink.migrate().await.unwrap();
-    assert_eq!(sink.applied_migrations().await.unwrap(), vec![1], "each migration is applied once");
+    assert_eq!(
+        sink.applied_migrations().await.unwrap(),
+        ClickHouseSink::known_migrations(),
+        "every migration is applied"
+    );
+    let rows = sink.query_json("SELECT count() AS rows FROM tollgate_schema_migrations").await.unwrap();
+    assert_eq!(rows[0]["rows"], ClickHouseSink::known_migrations().len(), "each migration is applied once");
     sink.insert_interactions(&from_parquet).await.unwrap();
     sink.insert_interactions(&from_parquet).await.unwrap();
     let ids: Vec<_> = originals.iter().map(|interaction| interaction.id).collect();

@@ -85,6 +85,11 @@ impl ParquetStore {
         Ok(())
     }
 
+    /// The DataFusion session.
+    pub fn context(&self) -> &SessionContext {
+        &self.context
+    }
+
     /// Runs `sql` and returns the result batches.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         Ok(self.context.sql(sql).await?.collect().await?)

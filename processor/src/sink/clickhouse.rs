@@ -313,6 +313,11 @@ impl ClickHouseSink {
         Ok(())
     }
 
+    /// Versions of every migration this build knows, ascending.
+    pub fn known_migrations() -> Vec<u32> {
+        MIGRATIONS.iter().map(|migration| migration.version).collect()
+    }
+
     /// Versions of the migrations applied so far, ascending.
     pub async fn applied_migrations(&self) -> Result<Vec<u32>, SinkError> {
         Ok(self

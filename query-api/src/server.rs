@@ -1,0 +1,289 @@
+//! The HTTP API: routes, authentication, roles, and the JSON and CSV bodies.
+//!
+//! | route | roles | what |
+//! | --- | --- | --- |
+//! | `GET /healthz` | none | liveness |
+//! | `GET /v1/reports/cost` | all | spend by group and time bucket (`format=csv` for CSV) |
+//! | `GET /v1/interactions` | all (`text` auditor and admin only) | interaction search, oldest first, cursor pages |
+//! | `GET /v1/interactions/{id}` | all | one interaction with its violations and decisions |
+//!
+//! Finance tokens never receive captured content: it is removed from every interaction
+//! before the response is made.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tollgate_archive::Archive;
+
+use crate::auth::{Caller, TokenConfig, Tokens};
+use crate::params::{ApiError, Bucket, Cursor, GroupBy, Params};
+use crate::parquet::ParquetStore;
+use crate::store::{CostQuery, SearchQuery};
+
+/// The query API's configuration (`query-api.example.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryApiConfig {
+    /// Where to listen.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The Parquet archive: a directory or an object store URL (`s3://bucket/prefix`).
+    #[serde(default)]
+    pub archive: String,
+    /// Object store options for the archive (`aws_endpoint`, `aws_region`, ...).
+    #[serde(default)]
+    pub archive_options: BTreeMap<String, String>,
+    /// The largest page an interaction search returns.
+    #[serde(default = "default_max_page")]
+    pub max_page_size: usize,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+fn default_max_page() -> usize {
+    1_000
+}
+
+impl Default for QueryApiConfig {
+    fn default() -> Self {
+        QueryApiConfig {
+            listen: default_listen(),
+            archive: String::new(),
+            archive_options: BTreeMap::new(),
+            max_page_size: default_max_page(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("tokens: {0}")]
+    Tokens(String),
+    #[error(transparent)]
+    Archive(#[from] tollgate_archive::ArchiveError),
+    #[error(transparent)]
+    Query(#[from] crate::parquet::QueryError),
+    #[error("archive location `{0}` is not a URL")]
+    Location(String),
+}
+
+struct AppState {
+    store: ParquetStore,
+    tokens: Tokens,
+    max_page: usize,
+}
+
+/// The API's routes over the archive `config.archive`.
+pub async fn router(config: &QueryApiConfig) -> Result<Router, StartError> {
+    let tokens = Tokens::new(&config.tokens).map_err(StartError::Tokens)?;
+    let archive = Archive::open(&config.archive, &config.archive_options)?;
+    let store = ParquetStore::new();
+    if config.archive.contains("://") {
+        let url = url::Url::parse(&config.archive).map_err(|_| StartError::Location(config.archive.clone()))?;
+        store.register_archive_in(&url, Arc::clone(archive.store())).await?;
+    } else {
+        store.register_archive(std::path::Path::new(&config.archive)).await?;
+    }
+    let state = Arc::new(AppState { store, tokens, max_page: config.max_page_size.max(1) });
+    Ok(Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/reports/cost", get(cost_report))
+        .route("/v1/interactions", get(search))
+        .route("/v1/interactions/{id}", get(interaction))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state))
+}
+
+fn authorize(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer TOKEN`"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
+    tokens.caller(token.trim()).cloned().ok_or_else(|| ApiError::unauthorized("unknown token"))
+}
+
+fn pairs(query: Option<String>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+async fn cost_report(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.tokens)?;
+    let params = Params::new(pairs(query), &["from", "to", "group_by", "bucket", "tz", "format"])?;
+    let range = params.time_range()?;
+    let group_by = params.get("group_by").map(GroupBy::parse_list).transpose()?.unwrap_or_default();
+    let bucket = params.get("bucket").map(Bucket::parse).transpose()?;
+    let time_zone = params.get("tz").map(crate::params::time_zone).transpose()?.unwrap_or_else(|| "UTC".to_owned());
+    let csv = match params.get("format") {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => return Err(ApiError::bad_parameter("format", format!("`{other}` is not json or csv"))),
+    };
+    let query = CostQuery { range, group_by, bucket, time_zone };
+    let lines = state.store.cost_report(&query).await?;
+    if !csv {
+        let total: i64 = lines.iter().map(|line| line.cost_nanos).sum();
+        return Ok(Json(serde_json::json!({
+            "total_cost_nanos": total,
+            "total_cost_usd": tollgate_schemas::Nanodollars(total).to_string(),
+            "lines": lines,
+        }))
+        .into_response());
+    }
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header_row: Vec<&str> = Vec::new();
+    if query.bucket.is_some() {
+        header_row.push("bucket_start");
+    }
+    header_row.extend(query.group_by.iter().map(|group| group.as_str()));
+    header_row.extend(["interactions", "cost_nanos", "cost_usd", "input_tokens", "output_tokens"]);
+    let csv_error = |error: csv::Error| ApiError::internal(error.to_string());
+    writer.write_record(&header_row).map_err(csv_error)?;
+    for line in &lines {
+        let mut row: Vec<String> = Vec::new();
+        if query.bucket.is_some() {
+            row.push(line.bucket_start.clone().unwrap_or_default());
+        }
+        for group in &query.group_by {
+            row.push(line.groups.get(group.as_str()).cloned().flatten().unwrap_or_default());
+        }
+        row.extend([
+            line.interactions.to_string(),
+            line.cost_nanos.to_string(),
+            line.cost_usd.clone(),
+            line.input_tokens.to_string(),
+            line.output_tokens.to_string(),
+        ]);
+        writer.write_record(&row).map_err(csv_error)?;
+    }
+    let body = writer.into_inner().map_err(|error| ApiError::internal(error.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+}
+
+/// The search parameters that filter on a stored column by equality.
+const EQUALITY_FILTERS: [(&str, &str); 8] = [
+    ("org", "org_id"),
+    ("team", "team_id"),
+    ("user", "user_id"),
+    ("project", "project_id"),
+    ("key", "key_id"),
+    ("provider", "gen_ai_provider_name"),
+    ("model", "gen_ai_request_model"),
+    ("tool", "gen_ai_tool_name"),
+];
+
+async fn search(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let caller = authorize(&headers, &state.tokens)?;
+    let mut allowed: Vec<&str> = EQUALITY_FILTERS.iter().map(|(name, _)| *name).collect();
+    allowed.extend(["from", "to", "outcome", "rule", "text", "cursor", "limit"]);
+    let params = Params::new(pairs(query), &allowed)?;
+    let range = match (params.get("from"), params.get("to")) {
+        (None, None) => None,
+        _ => Some(params.time_range()?),
+    };
+    let mut equals = Vec::new();
+    for (name, column) in EQUALITY_FILTERS {
+        if let Some(value) = params.get(name) {
+            equals.push((column, value.to_owned()));
+        }
+    }
+    if let Some(outcome) = params.get("outcome") {
+        if tollgate_schemas::OutcomeStatus::parse(outcome).is_none() {
+            return Err(ApiError::bad_parameter("outcome", format!("`{outcome}` is not an outcome")));
+        }
+        equals.push(("outcome", outcome.to_owned()));
+    }
+    let text = params.get("text").map(str::to_owned);
+    if text.is_some() && !caller.role.sees_content() {
+        return Err(ApiError::forbidden("searching captured content needs an auditor or admin token"));
+    }
+    let query = SearchQuery {
+        range,
+        equals,
+        rule: params.get("rule").map(str::to_owned),
+        text,
+        after: params.get("cursor").map(Cursor::decode).transpose()?,
+        limit: params.limit(100.min(state.max_page), state.max_page)?,
+    };
+    let mut page = state.store.search(&query).await?;
+    if !caller.role.sees_content() {
+        for record in &mut page.interactions {
+            record.interaction.content.captured = None;
+        }
+    }
+    Ok(Json(page).into_response())
+}
+
+async fn interaction(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = authorize(&headers, &state.tokens)?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::bad_parameter("id", "not an interaction id (a UUID)"))?;
+    let mut detail = state
+        .store
+        .interaction(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no interaction {id} in the archive")))?;
+    if !caller.role.sees_content() {
+        detail.interaction.interaction.content.captured = None;
+    }
+    Ok(Json(detail).into_response())
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_empty_archive_answers_with_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueryApiConfig { archive: dir.path().display().to_string(), ..QueryApiConfig::default() };
+        let _router = router(&config).await.unwrap();
+        let store = ParquetStore::new();
+        store.register_archive(dir.path()).await.unwrap();
+        let query = CostQuery {
+            range: crate::params::TimeRange { from: 0, to: 1_000_000 },
+            group_by: vec![GroupBy::Team],
+            bucket: Some(Bucket::Day),
+            time_zone: "UTC".to_owned(),
+        };
+        assert!(store.cost_report(&query).await.unwrap().is_empty());
+        let page = store.search(&SearchQuery { limit: 10, ..SearchQuery::default() }).await.unwrap();
+        assert!(page.interactions.is_empty() && page.next_cursor.is_none());
+    }
+}

@@ -1,0 +1,299 @@
+//! The reports and searches, answered by DataFusion over the Parquet archive.
+//!
+//! Every value a caller gives reaches SQL as a bound parameter (`$1`, `$2`, ...); the
+//! only text put into SQL is chosen from fixed lists (columns, bucket sizes), a validated
+//! time zone name, or a number.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType, UInt64Type};
+use datafusion::scalar::ScalarValue;
+use serde::Serialize;
+use tollgate_schemas::{Nanodollars, PolicyViolation, PricedInteraction, QuotaDecision};
+
+use crate::params::{ApiError, Bucket, Cursor, GroupBy, TimeRange};
+use crate::parquet::ParquetStore;
+
+/// A cost report request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostQuery {
+    pub range: TimeRange,
+    pub group_by: Vec<GroupBy>,
+    pub bucket: Option<Bucket>,
+    /// IANA name or offset; buckets start at this zone's midnights and month starts.
+    pub time_zone: String,
+}
+
+/// One line of a cost report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CostLine {
+    /// Start of the bucket, as an RFC 3339 UTC time, when the report is bucketed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_start: Option<String>,
+    /// The grouping values, by grouping name (`team`, `model`, ...); null where the
+    /// interactions have none (a model call has no tool).
+    #[serde(flatten)]
+    pub groups: BTreeMap<&'static str, Option<String>>,
+    pub interactions: i64,
+    pub cost_nanos: i64,
+    /// The same cost in dollars, exact: nine decimal places.
+    pub cost_usd: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+/// Interaction search filters, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub range: Option<TimeRange>,
+    /// Equality filters on stored columns (`org_id`, `gen_ai_request_model`, ...).
+    pub equals: Vec<(&'static str, String)>,
+    /// Interactions that raised a violation of this rule.
+    pub rule: Option<String>,
+    /// Text contained in the captured request or response.
+    pub text: Option<String>,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// A page of interactions in time order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page {
+    pub interactions: Vec<PricedInteraction>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One interaction with what concerns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InteractionDetail {
+    pub interaction: PricedInteraction,
+    pub violations: Vec<PolicyViolation>,
+    /// For each subject the interaction counts toward, the newest quota decision made
+    /// at or before its time.
+    pub decisions: Vec<QuotaDecision>,
+}
+
+fn engine(error: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("query failed: {error}"))
+}
+
+fn timestamp(micros: i64) -> ScalarValue {
+    ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into()))
+}
+
+fn text(value: &str) -> ScalarValue {
+    ScalarValue::Utf8(Some(value.to_owned()))
+}
+
+/// Bound parameters, numbered as they are added.
+#[derive(Default)]
+struct Bind {
+    values: Vec<ScalarValue>,
+}
+
+impl Bind {
+    /// Adds `value` and returns its placeholder.
+    fn add(&mut self, value: ScalarValue) -> String {
+        self.values.push(value);
+        format!("${}", self.values.len())
+    }
+
+    /// The time range as conditions, with the date partitions it touches.
+    fn range(&mut self, range: TimeRange) -> String {
+        let from = self.add(timestamp(range.from));
+        let to = self.add(timestamp(range.to));
+        let first = self.add(text(&tollgate_schemas::archive::date_partition(range.from)));
+        let last = self.add(text(&tollgate_schemas::archive::date_partition(range.to)));
+        format!("time >= {from} AND time < {to} AND date >= {first} AND date <= {last}")
+    }
+}
+
+impl ParquetStore {
+    async fn bound(&self, sql: &str, bind: Bind) -> Result<Vec<RecordBatch>, ApiError> {
+        let frame = self.context().sql(sql).await.map_err(engine)?;
+        let frame = frame.with_param_values(bind.values).map_err(engine)?;
+        frame.collect().await.map_err(engine)
+    }
+
+    async fn bound_records<R: tollgate_schemas::arrow::StoredRecord>(
+        &self,
+        sql: &str,
+        bind: Bind,
+    ) -> Result<Vec<R>, ApiError> {
+        let mut records = Vec::new();
+        for batch in self.bound(sql, bind).await? {
+            records.extend(R::from_record_batch(&batch).map_err(engine)?);
+        }
+        Ok(records)
+    }
+
+    /// Spend, interactions and tokens over `query.range`, grouped and bucketed.
+    pub async fn cost_report(&self, query: &CostQuery) -> Result<Vec<CostLine>, ApiError> {
+        let mut bind = Bind::default();
+        let mut select = Vec::new();
+        let mut group = Vec::new();
+        if let Some(bucket) = query.bucket {
+            // The time zone was checked against the time zone database; it cannot hold a quote.
+            select.push(format!(
+                "date_trunc('{}', arrow_cast(time, 'Timestamp(Microsecond, Some(\"{}\"))')) AS bucket_start",
+                bucket.as_str(),
+                query.time_zone
+            ));
+            group.push("bucket_start".to_owned());
+        }
+        for grouping in &query.group_by {
+            select.push(format!("{} AS \"{}\"", grouping.column(), grouping.as_str()));
+            group.push(format!("\"{}\"", grouping.as_str()));
+        }
+        select.extend([
+            "count(*) AS interactions".to_owned(),
+            "sum(cost_total_nanos) AS cost_nanos".to_owned(),
+            "CAST(sum(gen_ai_usage_input_tokens) AS BIGINT) AS input_tokens".to_owned(),
+            "CAST(sum(gen_ai_usage_output_tokens) AS BIGINT) AS output_tokens".to_owned(),
+        ]);
+        let condition = bind.range(query.range);
+        let mut sql = format!("SELECT {} FROM priced_interactions WHERE {condition}", select.join(", "));
+        if !group.is_empty() {
+            let columns = group.join(", ");
+            sql.push_str(&format!(" GROUP BY {columns} ORDER BY {columns}"));
+        }
+        let mut lines = Vec::new();
+        for batch in self.bound(&sql, bind).await? {
+            for row in 0..batch.num_rows() {
+                let cost_nanos = int(&batch, "cost_nanos", row);
+                let mut groups = BTreeMap::new();
+                for grouping in &query.group_by {
+                    groups.insert(grouping.as_str(), string(&batch, grouping.as_str(), row));
+                }
+                lines.push(CostLine {
+                    bucket_start: query.bucket.and_then(|_| micros(&batch, "bucket_start", row)).map(rfc3339),
+                    groups,
+                    interactions: int(&batch, "interactions", row),
+                    cost_nanos,
+                    cost_usd: Nanodollars(cost_nanos).to_string(),
+                    input_tokens: int(&batch, "input_tokens", row),
+                    output_tokens: int(&batch, "output_tokens", row),
+                })
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Interactions matching `query`, oldest first, a page at a time.
+    pub async fn search(&self, query: &SearchQuery) -> Result<Page, ApiError> {
+        let mut bind = Bind::default();
+        let mut conditions = Vec::new();
+        if let Some(range) = query.range {
+            conditions.push(bind.range(range));
+        }
+        for (column, value) in &query.equals {
+            let placeholder = bind.add(text(value));
+            conditions.push(format!("{column} = {placeholder}"));
+        }
+        if let Some(rule) = &query.rule {
+            let placeholder = bind.add(text(rule));
+            conditions.push(format!(
+                "id IN (SELECT interaction_id FROM policy_violations WHERE rule_id = {placeholder} AND interaction_id IS NOT NULL)"
+            ));
+        }
+        if let Some(needle) = &query.text {
+            let placeholder = bind.add(text(needle));
+            conditions.push(format!(
+                "(strpos(coalesce(captured_request, ''), {placeholder}) > 0 OR strpos(coalesce(captured_response, ''), {placeholder}) > 0)"
+            ));
+        }
+        if let Some(cursor) = &query.after {
+            let time = bind.add(timestamp(cursor.time_unix_micros));
+            let id = bind.add(text(&cursor.id));
+            conditions.push(format!("(time > {time} OR (time = {time} AND id > {id}))"));
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+        let sql = format!("SELECT * FROM priced_interactions{filter} ORDER BY time, id LIMIT {}", query.limit + 1);
+        let mut interactions: Vec<PricedInteraction> = self.bound_records(&sql, bind).await?;
+        let next_cursor = if interactions.len() > query.limit {
+            interactions.truncate(query.limit);
+            interactions.last().map(|last| {
+                Cursor { time_unix_micros: last.interaction.time_unix_micros, id: last.interaction.id.to_string() }
+                    .encode()
+            })
+        } else {
+            None
+        };
+        Ok(Page { interactions, next_cursor })
+    }
+
+    /// One interaction, with its violations and the decisions in force for its subjects.
+    pub async fn interaction(&self, id: uuid::Uuid) -> Result<Option<InteractionDetail>, ApiError> {
+        let mut bind = Bind::default();
+        let placeholder = bind.add(text(&id.to_string()));
+        let sql = format!("SELECT * FROM priced_interactions WHERE id = {placeholder} LIMIT 1");
+        let Some(interaction) = self.bound_records::<PricedInteraction>(&sql, bind).await?.pop() else {
+            return Ok(None);
+        };
+        let mut bind = Bind::default();
+        let placeholder = bind.add(text(&id.to_string()));
+        let sql = format!("SELECT * FROM policy_violations WHERE interaction_id = {placeholder} ORDER BY time, id");
+        let mut violations: Vec<PolicyViolation> = self.bound_records(&sql, bind).await?;
+        violations.dedup_by_key(|violation| violation.id);
+        let mut decisions = Vec::new();
+        for subject in interaction.interaction.principal.subjects() {
+            let mut bind = Bind::default();
+            let kind = bind.add(text(subject.kind.as_str()));
+            let subject_id = bind.add(text(&subject.id));
+            let time = bind.add(timestamp(interaction.interaction.time_unix_micros));
+            let sql = format!(
+                "SELECT * FROM quota_decisions WHERE subject_kind = {kind} AND subject_id = {subject_id} AND time <= {time} \
+                 ORDER BY version DESC LIMIT 1"
+            );
+            decisions.extend(self.bound_records::<QuotaDecision>(&sql, bind).await?);
+        }
+        Ok(Some(InteractionDetail { interaction, violations, decisions }))
+    }
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
+    batch.column_by_name(name).map(|array| array.as_ref())
+}
+
+fn int(batch: &RecordBatch, name: &str, row: usize) -> i64 {
+    let Some(array) = column(batch, name) else { return 0 };
+    if array.is_null(row) {
+        return 0;
+    }
+    match array.data_type() {
+        DataType::Int64 => array.as_primitive::<Int64Type>().value(row),
+        DataType::UInt64 => i64::try_from(array.as_primitive::<UInt64Type>().value(row)).unwrap_or(i64::MAX),
+        _ => 0,
+    }
+}
+
+fn string(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+    let array = column(batch, name)?;
+    if array.is_null(row) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Some(array.as_string::<i32>().value(row).to_owned()),
+        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(row).to_owned()),
+        DataType::Utf8View => Some(array.as_string_view().value(row).to_owned()),
+        _ => None,
+    }
+}
+
+fn micros(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
+    let array = column(batch, name)?;
+    match array.data_type() {
+        DataType::Timestamp(TimeUnit::Microsecond, _) if !array.is_null(row) => {
+            Some(array.as_primitive::<TimestampMicrosecondType>().value(row))
+        }
+        _ => None,
+    }
+}
+
+fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}

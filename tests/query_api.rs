@@ -1,0 +1,325 @@
+//! The query API over an archive the processor wrote: cost reports reconcile with the
+//! priced events to the nano-dollar (total, grouped, bucketed in two time zones, JSON and
+//! CSV); the interaction search finds by principal, model, tool, rule and content text
+//! and pages through everything exactly once; finance tokens never see content; bad
+//! parameters get a 400 naming the parameter, and hostile values stay values.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_processor::config::ArchiveConfig;
+use tollgate_processor::metrics::ProcessorMetrics;
+use tollgate_processor::pricer::Pricer;
+use tollgate_processor::testing::workload;
+use tollgate_processor::{ProcessorConfig, Sources};
+use tollgate_query_api::auth::{Role, TokenConfig, token_hash};
+use tollgate_query_api::server::QueryApiConfig;
+use tollgate_schemas::archive;
+use tollgate_schemas::pricing::PriceCatalog;
+use tollgate_schemas::topics::{INTERACTIONS, Keyed, PRICED_INTERACTIONS};
+use tollgate_schemas::{Interaction, Nanodollars};
+
+/// 2026-11-26T23:59:59Z: the 1,500 interactions (1 ms apart) cross midnight UTC.
+const START: i64 = 1_795_737_600_000_000 - 1_000_000;
+const COUNT: usize = 1_500;
+
+async fn archived(dir: &std::path::Path, interactions: &[Interaction]) -> String {
+    let root = dir.join("archive").display().to_string();
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.join("log"))).unwrap());
+    tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
+    let mut pending = Vec::new();
+    for interaction in interactions {
+        let payload = tollgate_schemas::encode(interaction).unwrap();
+        pending.push(log.publish(INTERACTIONS, interaction.message_key().as_bytes(), &payload).unwrap());
+    }
+    for ack in pending {
+        ack.await.unwrap();
+    }
+    let budget = tollgate_schemas::BudgetSpec {
+        subject: tollgate_schemas::Subject::new(tollgate_schemas::SubjectKind::Team, "team-0"),
+        window: tollgate_schemas::WindowKind::Lifetime,
+        limit: Nanodollars(Nanodollars::PER_DOLLAR),
+        hard: true,
+        alert_thresholds_percent: vec![50],
+    };
+    let config = ProcessorConfig {
+        budgets: vec![("team-0-lifetime".to_owned(), budget)],
+        archive: Some(ArchiveConfig { roll_interval: Duration::from_millis(200), ..ArchiveConfig::new(&root) }),
+        ..ProcessorConfig::default()
+    };
+    let sources = Sources {
+        catalog: PriceCatalog::shipped().unwrap(),
+        catalog_document: None,
+        config_actor: "query-test".into(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let processor = tokio::spawn(tollgate_processor::run(
+        Arc::clone(&log),
+        config,
+        sources,
+        Arc::new(ProcessorMetrics::default()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let store = tollgate_archive::Archive::open(&root, &BTreeMap::new()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = true;
+        for table in archive::TABLES {
+            for (partition, end) in log.end_offsets(table.topic).await.unwrap() {
+                let progress = store.progress(table, partition).await.unwrap();
+                done &= end == 0 || progress.is_some_and(|progress| progress.next_offset == end);
+            }
+        }
+        let priced: i64 = log.end_offsets(PRICED_INTERACTIONS).await.unwrap().iter().map(|(_, end)| end).sum();
+        if done && priced == COUNT as i64 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "archiving took too long");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.send(()).unwrap();
+    processor.await.unwrap().unwrap();
+    root
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn get(&self, token: Option<&str>, path: &str) -> (StatusCode, String) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    async fn json(&self, token: &str, path: &str) -> Value {
+        let (status, body) = self.get(Some(token), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The parameter a 400 names.
+    async fn refused(&self, token: &str, path: &str) -> String {
+        let (status, body) = self.get(Some(token), path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_parameter");
+        body["error"]["parameter"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_and_searches_answer_from_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let interactions = workload(COUNT, 17, START);
+    let root = archived(dir.path(), &interactions).await;
+    let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
+    let cost = |interaction: &Interaction| pricer.price(interaction).cost.total.0;
+
+    let config = QueryApiConfig {
+        archive: root,
+        tokens: vec![
+            TokenConfig { name: "finance".into(), sha256: token_hash("finance-token"), role: Role::Finance },
+            TokenConfig { name: "auditor".into(), sha256: token_hash("auditor-token"), role: Role::Auditor },
+        ],
+        max_page_size: 500,
+        ..QueryApiConfig::default()
+    };
+    let router = tollgate_query_api::server::router(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+    let api = Api { base, client: reqwest::Client::new() };
+    let (finance, auditor) = ("finance-token", "auditor-token");
+    let day = "from=2026-11-26&to=2026-11-28";
+
+    // No token, a wrong token, a malformed header.
+    assert_eq!(api.get(None, &format!("/v1/reports/cost?{day}")).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = api.get(Some("guess"), &format!("/v1/reports/cost?{day}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "unauthorized");
+
+    // The total reconciles with the priced events to the nano-dollar.
+    let expected: i64 = interactions.iter().map(cost).sum();
+    let report = api.json(finance, &format!("/v1/reports/cost?{day}")).await;
+    assert_eq!(report["total_cost_nanos"], expected);
+    assert_eq!(report["lines"][0]["interactions"], COUNT);
+    assert_eq!(report["total_cost_usd"], Nanodollars(expected).to_string());
+
+    // Grouped by team and model: every line is the direct sum of its interactions.
+    let report = api.json(finance, &format!("/v1/reports/cost?{day}&group_by=team,model")).await;
+    let mut want: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for interaction in &interactions {
+        let model = match &interaction.call {
+            tollgate_schemas::Call::ModelCall(call) => call.request_model.clone(),
+            tollgate_schemas::Call::ToolCall(_) => String::new(),
+        };
+        let entry = want.entry((interaction.principal.team_id.clone().unwrap(), model)).or_default();
+        entry.0 += 1;
+        entry.1 += cost(interaction);
+    }
+    let lines = report["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), want.len());
+    for line in lines {
+        let key = (line["team"].as_str().unwrap().to_owned(), line["model"].as_str().unwrap_or_default().to_owned());
+        assert_eq!(
+            (line["interactions"].as_i64().unwrap(), line["cost_nanos"].as_i64().unwrap()),
+            want[&key],
+            "{key:?}"
+        );
+    }
+    assert_eq!(report["total_cost_nanos"], expected);
+
+    // Daily buckets: two days in UTC, one in New York (midnight UTC is 19:00 there).
+    let utc = api.json(finance, &format!("/v1/reports/cost?{day}&bucket=day")).await;
+    let buckets: Vec<&str> =
+        utc["lines"].as_array().unwrap().iter().map(|line| line["bucket_start"].as_str().unwrap()).collect();
+    assert_eq!(buckets, ["2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"]);
+    let first_day: i64 = interactions.iter().filter(|i| i.time_unix_micros < START + 1_000_000).map(cost).sum();
+    assert_eq!(utc["lines"][0]["cost_nanos"], first_day);
+    let new_york = api.json(finance, &format!("/v1/reports/cost?{day}&bucket=day&tz=America/New_York")).await;
+    assert_eq!(new_york["lines"].as_array().unwrap().len(), 1);
+    assert_eq!(new_york["lines"][0]["bucket_start"], "2026-11-26T05:00:00Z");
+    assert_eq!(new_york["total_cost_nanos"], expected);
+
+    // CSV.
+    let (status, csv) = api.get(Some(finance), &format!("/v1/reports/cost?{day}&group_by=org&format=csv")).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut rows = csv.lines();
+    assert_eq!(rows.next(), Some("org,interactions,cost_nanos,cost_usd,input_tokens,output_tokens"));
+    let csv_total: i64 = rows.map(|row| row.split(',').nth(2).unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(csv_total, expected);
+
+    // Search by principal, model and tool.
+    let count = |filter: &dyn Fn(&Interaction) -> bool| interactions.iter().filter(|i| filter(i)).count();
+    let page = api.json(auditor, "/v1/interactions?team=team-3&limit=500").await;
+    assert_eq!(
+        page["interactions"].as_array().unwrap().len(),
+        count(&|i| i.principal.team_id.as_deref() == Some("team-3"))
+    );
+    let page = api.json(finance, &format!("/v1/interactions?{day}&user=user-5&model=gpt-4.1&limit=500")).await;
+    let want = count(&|i| {
+        i.principal.user_id.as_deref() == Some("user-5")
+            && matches!(&i.call, tollgate_schemas::Call::ModelCall(call) if call.request_model == "gpt-4.1")
+    });
+    assert_eq!(page["interactions"].as_array().unwrap().len(), want);
+    let tools =
+        count(&|i| matches!(&i.call, tollgate_schemas::Call::ToolCall(call) if call.tool.as_deref() == Some("web")));
+    let mut seen = 0;
+    let mut cursor = String::new();
+    loop {
+        let page = api.json(finance, &format!("/v1/interactions?tool=web&limit=50{cursor}")).await;
+        seen += page["interactions"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, tools);
+
+    // Pages: every interaction exactly once, in time order.
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = api.json(finance, &format!("/v1/interactions?{day}&limit=400{cursor}")).await;
+        for record in page["interactions"].as_array().unwrap() {
+            ids.push(record["interaction"]["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let want_ids: Vec<String> = interactions.iter().map(|i| i.id.to_string()).collect();
+    assert_eq!(ids, want_ids, "all interactions, once each, oldest first");
+
+    // Content: auditors search it and see it; finance cannot search it and never sees it.
+    let captured: Vec<&Interaction> = interactions.iter().filter(|i| i.content.captured.is_some()).collect();
+    assert!(!captured.is_empty());
+    let needle = captured[0]
+        .content
+        .captured
+        .as_ref()
+        .unwrap()
+        .request
+        .split("mail ")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let page = api.json(auditor, &format!("/v1/interactions?text={needle}")).await;
+    let found = page["interactions"].as_array().unwrap();
+    assert!(found.iter().any(|record| record["interaction"]["id"] == captured[0].id.to_string()));
+    assert!(
+        found
+            .iter()
+            .all(|record| record["interaction"]["content"]["captured"]["request"].as_str().unwrap().contains(needle))
+    );
+    let (status, _) = api.get(Some(finance), &format!("/v1/interactions?text={needle}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let detail = api.json(finance, &format!("/v1/interactions/{}", captured[0].id)).await;
+    assert!(detail["interaction"]["interaction"]["content"]["captured"].is_null());
+    let detail = api.json(auditor, &format!("/v1/interactions/{}", captured[0].id)).await;
+    assert!(detail["interaction"]["interaction"]["content"]["captured"]["request"].is_string());
+
+    // Violations: the rule filter, and an interaction's own violations and decisions.
+    let flagged: Vec<(uuid::Uuid, String)> = interactions
+        .iter()
+        .flat_map(|i| {
+            tollgate_processor::detect::violations(i, !pricer.price(i).priced)
+                .into_iter()
+                .map(move |v| (i.id, v.rule_id))
+        })
+        .collect();
+    let rule = flagged[0].1.clone();
+    let with_rule: HashSet<String> = flagged.iter().filter(|(_, r)| *r == rule).map(|(id, _)| id.to_string()).collect();
+    let page = api.json(auditor, &format!("/v1/interactions?rule={rule}&limit=500")).await;
+    let got: HashSet<String> = page["interactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["interaction"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, with_rule);
+    let detail = api.json(auditor, &format!("/v1/interactions/{}", flagged[0].0)).await;
+    assert!(detail["violations"].as_array().unwrap().iter().any(|v| v["rule_id"] == rule.as_str()));
+    let team0 = interactions.iter().rev().find(|i| i.principal.team_id.as_deref() == Some("team-0")).unwrap();
+    let detail = api.json(finance, &format!("/v1/interactions/{}", team0.id)).await;
+    assert!(detail["decisions"].as_array().unwrap().iter().any(|d| d["budget_id"] == "team-0-lifetime"), "{detail}");
+
+    // Bad parameters: a 400 naming the parameter.
+    assert_eq!(api.refused(finance, "/v1/reports/cost?from=2026-11-28&to=2026-11-26").await, "to");
+    assert_eq!(api.refused(finance, "/v1/reports/cost?from=last+tuesday&to=2026-11-26").await, "from");
+    assert_eq!(api.refused(finance, "/v1/reports/cost?to=2026-11-26").await, "from");
+    assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&group_by=team,colour")).await, "group_by");
+    assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&bucket=week")).await, "bucket");
+    assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&tz=Mars/Olympus")).await, "tz");
+    assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&format=xml")).await, "format");
+    assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&limit=5")).await, "limit");
+    assert_eq!(api.refused(finance, "/v1/interactions?limit=100000000").await, "limit");
+    assert_eq!(api.refused(finance, "/v1/interactions?cursor=not-a-cursor").await, "cursor");
+    assert_eq!(api.refused(finance, "/v1/interactions?outcome=exploded").await, "outcome");
+    assert_eq!(api.refused(finance, "/v1/interactions?team=a&team=b").await, "team");
+    assert_eq!(api.refused(finance, "/v1/interactions/not-a-uuid").await, "id");
+    let (status, _) = api.get(Some(finance), &format!("/v1/interactions/{}", uuid::Uuid::now_v7())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Hostile values are only values.
+    let page = api.json(finance, "/v1/interactions?team=%27%20OR%201%3D1%20--").await;
+    assert_eq!(page["interactions"].as_array().unwrap().len(), 0);
+    let page = api.json(auditor, "/v1/interactions?text=%27%29%20OR%20%28%271%27%3D%271").await;
+    assert_eq!(page["interactions"].as_array().unwrap().len(), 0);
+}
