@@ -301,7 +301,50 @@ async fn reports_and_searches_answer_from_the_archive() {
     let detail = api.json(finance, &format!("/v1/interactions/{}", team0.id)).await;
     assert!(detail["decisions"].as_array().unwrap().iter().any(|d| d["budget_id"] == "team-0-lifetime"), "{detail}");
 
+    // Budgets: the newest state of team-0's budget holds all of its spend.
+    let team0_spend: i64 =
+        interactions.iter().filter(|i| i.principal.team_id.as_deref() == Some("team-0")).map(cost).sum();
+    let status = api.json(finance, "/v1/budgets?subject=team:team-0").await;
+    let budget = &status["budgets"][0];
+    assert_eq!(budget["budget_id"], "team-0-lifetime");
+    assert_eq!(budget["spent_nanos"], team0_spend);
+    assert_eq!(budget["remaining_nanos"], Nanodollars::PER_DOLLAR - team0_spend);
+    let state = match team0_spend {
+        spent if spent >= Nanodollars::PER_DOLLAR => "block",
+        spent if spent >= Nanodollars::PER_DOLLAR / 2 => "warn",
+        _ => "allow",
+    };
+    assert_eq!(budget["state"], state, "hard budget with a 50% alert");
+    assert!(budget["forecast_nanos"].is_null(), "a lifetime budget has no window end");
+    // Decision history: one entry per decision, in decision time order (decisions made
+    // together share a time), the newest version the one the status shows.
+    let history = api.json(finance, "/v1/decisions?subject=team:team-0&limit=500").await;
+    let items = history["items"].as_array().unwrap();
+    let versions: HashSet<u64> = items.iter().map(|d| d["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions.len(), items.len(), "one entry per decision");
+    let times: Vec<i64> = items.iter().map(|d| d["time_unix_micros"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "{times:?}");
+    let newest = items.iter().max_by_key(|d| d["version"].as_u64().unwrap()).unwrap();
+    assert_eq!(newest["spent"], budget["spent_nanos"]);
+    // Violations and governance history are for auditors.
+    let listed = api.json(auditor, "/v1/violations?limit=500").await;
+    let listed: HashSet<String> =
+        listed["items"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed.len(), flagged.len());
+    let by_rule = api.json(auditor, &format!("/v1/violations?rule={rule}&limit=500")).await;
+    assert_eq!(by_rule["items"].as_array().unwrap().len(), flagged.iter().filter(|(_, r)| *r == rule).count());
+    assert_eq!(api.get(Some(finance), "/v1/violations").await.0, StatusCode::FORBIDDEN);
+    let changes = api.json(auditor, "/v1/governance").await;
+    let changes = changes["items"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "the configured budget");
+    assert_eq!(changes[0]["target"]["id"], "team-0-lifetime");
+    assert_eq!(changes[0]["actor"]["id"], "query-test");
+    assert_eq!(api.get(Some(finance), "/v1/governance").await.0, StatusCode::FORBIDDEN);
+
     // Bad parameters: a 400 naming the parameter.
+    assert_eq!(api.refused(finance, "/v1/budgets?subject=galaxy:x").await, "subject");
+    assert_eq!(api.refused(finance, "/v1/decisions?state=panic").await, "state");
+    assert_eq!(api.refused(auditor, "/v1/violations?severity=apocalyptic").await, "severity");
     assert_eq!(api.refused(finance, "/v1/reports/cost?from=2026-11-28&to=2026-11-26").await, "to");
     assert_eq!(api.refused(finance, "/v1/reports/cost?from=last+tuesday&to=2026-11-26").await, "from");
     assert_eq!(api.refused(finance, "/v1/reports/cost?to=2026-11-26").await, "from");

@@ -6,6 +6,10 @@
 //! | `GET /v1/reports/cost` | all | spend by group and time bucket (`format=csv` for CSV) |
 //! | `GET /v1/interactions` | all (`text` auditor and admin only) | interaction search, oldest first, cursor pages |
 //! | `GET /v1/interactions/{id}` | all | one interaction with its violations and decisions |
+//! | `GET /v1/budgets` | all | every budget's newest state, with a forecast to the window's end |
+//! | `GET /v1/decisions` | all | quota decision history |
+//! | `GET /v1/violations` | auditor, admin | policy violations |
+//! | `GET /v1/governance` | auditor, admin | governance change history (who changed what) |
 //!
 //! Finance tokens never receive captured content: it is removed from every interaction
 //! before the response is made.
@@ -25,7 +29,8 @@ use tollgate_archive::Archive;
 use crate::auth::{Caller, TokenConfig, Tokens};
 use crate::params::{ApiError, Bucket, Cursor, GroupBy, Params};
 use crate::parquet::ParquetStore;
-use crate::store::{CostQuery, SearchQuery};
+use crate::store::{CostQuery, ListQuery, SearchQuery};
+use tollgate_schemas::{GovernanceChange, PolicyViolation, QuotaDecision};
 
 /// The query API's configuration (`query-api.example.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +108,10 @@ pub async fn router(config: &QueryApiConfig) -> Result<Router, StartError> {
         .route("/v1/reports/cost", get(cost_report))
         .route("/v1/interactions", get(search))
         .route("/v1/interactions/{id}", get(interaction))
+        .route("/v1/budgets", get(budgets))
+        .route("/v1/decisions", get(decisions))
+        .route("/v1/violations", get(violations))
+        .route("/v1/governance", get(governance))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state))
 }
@@ -254,6 +263,121 @@ async fn interaction(
         detail.interaction.interaction.content.captured = None;
     }
     Ok(Json(detail).into_response())
+}
+
+/// `kind:id`, as subjects are written.
+fn subject(params: &Params) -> Result<Option<(String, String)>, ApiError> {
+    let Some(text) = params.get("subject") else { return Ok(None) };
+    let parsed = text
+        .split_once(':')
+        .filter(|(kind, id)| tollgate_schemas::SubjectKind::parse(kind).is_some() && !id.is_empty());
+    match parsed {
+        Some((kind, id)) => Ok(Some((kind.to_owned(), id.to_owned()))),
+        None => Err(ApiError::bad_parameter(
+            "subject",
+            format!("`{text}` is not `org:ID`, `team:ID`, `user:ID` or `key:ID`"),
+        )),
+    }
+}
+
+/// The time range (optional, but both ends if either), cursor and page size of a listing.
+fn listing(params: &Params, max_page: usize) -> Result<ListQuery, ApiError> {
+    let range = match (params.get("from"), params.get("to")) {
+        (None, None) => None,
+        _ => Some(params.time_range()?),
+    };
+    Ok(ListQuery {
+        range,
+        equals: Vec::new(),
+        after: params.get("cursor").map(Cursor::decode).transpose()?,
+        limit: params.limit(100.min(max_page), max_page)?,
+    })
+}
+
+fn require_auditor(caller: &Caller) -> Result<(), ApiError> {
+    if caller.role.sees_content() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this history is for auditor and admin tokens"))
+    }
+}
+
+async fn budgets(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.tokens)?;
+    let params = Params::new(pairs(query), &["subject"])?;
+    let status = state.store.budget_status(subject(&params)?, tollgate_schemas::now_unix_micros()).await?;
+    Ok(Json(serde_json::json!({ "budgets": status })).into_response())
+}
+
+async fn decisions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.tokens)?;
+    let params = Params::new(pairs(query), &["from", "to", "subject", "budget", "state", "cursor", "limit"])?;
+    let mut query = listing(&params, state.max_page)?;
+    if let Some((kind, id)) = subject(&params)? {
+        query.equals.push(("subject_kind", kind));
+        query.equals.push(("subject_id", id));
+    }
+    if let Some(budget) = params.get("budget") {
+        query.equals.push(("budget_id", budget.to_owned()));
+    }
+    if let Some(value) = params.get("state") {
+        if tollgate_schemas::QuotaState::parse(value).is_none() {
+            return Err(ApiError::bad_parameter("state", format!("`{value}` is not allow, warn or block")));
+        }
+        query.equals.push(("state", value.to_owned()));
+    }
+    Ok(Json(state.store.list::<QuotaDecision>(&query).await?).into_response())
+}
+
+async fn violations(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    require_auditor(&authorize(&headers, &state.tokens)?)?;
+    let params = Params::new(
+        pairs(query),
+        &["from", "to", "org", "team", "user", "key", "rule", "severity", "cursor", "limit"],
+    )?;
+    let mut query = listing(&params, state.max_page)?;
+    for (name, column) in
+        [("org", "org_id"), ("team", "team_id"), ("user", "user_id"), ("key", "key_id"), ("rule", "rule_id")]
+    {
+        if let Some(value) = params.get(name) {
+            query.equals.push((column, value.to_owned()));
+        }
+    }
+    if let Some(value) = params.get("severity") {
+        if !["low", "medium", "high", "critical"].contains(&value) {
+            return Err(ApiError::bad_parameter("severity", format!("`{value}` is not low, medium, high or critical")));
+        }
+        query.equals.push(("severity", value.to_owned()));
+    }
+    Ok(Json(state.store.list::<PolicyViolation>(&query).await?).into_response())
+}
+
+async fn governance(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    require_auditor(&authorize(&headers, &state.tokens)?)?;
+    let params = Params::new(pairs(query), &["from", "to", "target_kind", "target", "actor", "cursor", "limit"])?;
+    let mut query = listing(&params, state.max_page)?;
+    for (name, column) in [("target_kind", "target_kind"), ("target", "target_id"), ("actor", "actor_id")] {
+        if let Some(value) = params.get(name) {
+            query.equals.push((column, value.to_owned()));
+        }
+    }
+    Ok(Json(state.store.list::<GovernanceChange>(&query).await?).into_response())
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

@@ -253,6 +253,168 @@ impl ParquetStore {
     }
 }
 
+/// A listing of one of the event tables (violations, decisions, governance changes),
+/// validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub range: Option<TimeRange>,
+    pub equals: Vec<(&'static str, String)>,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// A page of events in time order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventPage<E> {
+    pub items: Vec<E>,
+    pub next_cursor: Option<String>,
+}
+
+/// Where a budget stands: its newest decision and where the window is heading.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetStatus {
+    pub subject: String,
+    pub budget_id: String,
+    pub window: tollgate_schemas::WindowKind,
+    pub window_start_unix_micros: i64,
+    pub window_end_unix_micros: Option<i64>,
+    pub budget_nanos: i64,
+    pub spent_nanos: i64,
+    pub remaining_nanos: i64,
+    pub state: tollgate_schemas::QuotaState,
+    pub hard: bool,
+    /// Spend at the window's end if it goes on at the window's average rate so far
+    /// (calendar windows only).
+    pub forecast_nanos: Option<i64>,
+    pub as_of_unix_micros: i64,
+}
+
+/// A stored event with the time and id that order listings.
+pub trait Listed: tollgate_schemas::arrow::StoredRecord {
+    const TABLE: &'static str;
+    fn time_unix_micros(&self) -> i64;
+    fn id(&self) -> uuid::Uuid;
+}
+
+impl Listed for PolicyViolation {
+    const TABLE: &'static str = "policy_violations";
+    fn time_unix_micros(&self) -> i64 {
+        self.time_unix_micros
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+}
+
+impl Listed for QuotaDecision {
+    const TABLE: &'static str = "quota_decisions";
+    fn time_unix_micros(&self) -> i64 {
+        self.time_unix_micros
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+}
+
+impl Listed for tollgate_schemas::GovernanceChange {
+    const TABLE: &'static str = "governance_changes";
+    fn time_unix_micros(&self) -> i64 {
+        self.time_unix_micros
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+}
+
+impl ParquetStore {
+    /// Events of `E`'s table matching `query`, one per id (the archive keeps every
+    /// published copy), oldest first, a page at a time.
+    pub async fn list<E: Listed>(&self, query: &ListQuery) -> Result<EventPage<E>, ApiError> {
+        let mut bind = Bind::default();
+        let mut conditions = Vec::new();
+        if let Some(range) = query.range {
+            conditions.push(bind.range(range));
+        }
+        for (column, value) in &query.equals {
+            let placeholder = bind.add(text(value));
+            conditions.push(format!("{column} = {placeholder}"));
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+        let mut outer = String::new();
+        if let Some(cursor) = &query.after {
+            let time = bind.add(timestamp(cursor.time_unix_micros));
+            let id = bind.add(text(&cursor.id));
+            outer = format!(" AND (time > {time} OR (time = {time} AND id > {id}))");
+        }
+        let sql = format!(
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY time) AS copy FROM {}{filter}) \
+             WHERE copy = 1{outer} ORDER BY time, id LIMIT {}",
+            E::TABLE,
+            query.limit + 1
+        );
+        let mut items: Vec<E> = self.bound_records(&sql, bind).await?;
+        let next_cursor = if items.len() > query.limit {
+            items.truncate(query.limit);
+            items
+                .last()
+                .map(|last| Cursor { time_unix_micros: last.time_unix_micros(), id: last.id().to_string() }.encode())
+        } else {
+            None
+        };
+        Ok(EventPage { items, next_cursor })
+    }
+
+    /// The newest decision of every budget (optionally of one subject), as of `now`.
+    pub async fn budget_status(
+        &self,
+        subject: Option<(String, String)>,
+        now: i64,
+    ) -> Result<Vec<BudgetStatus>, ApiError> {
+        let mut bind = Bind::default();
+        let filter = match &subject {
+            Some((kind, id)) => {
+                let kind = bind.add(text(kind));
+                let id = bind.add(text(id));
+                format!(" WHERE subject_kind = {kind} AND subject_id = {id}")
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY subject_kind, subject_id, budget_id \
+             ORDER BY version DESC, time DESC) AS newest FROM quota_decisions{filter}) WHERE newest = 1 \
+             ORDER BY subject_kind, subject_id, budget_id"
+        );
+        let decisions: Vec<QuotaDecision> = self.bound_records(&sql, bind).await?;
+        Ok(decisions
+            .into_iter()
+            .map(|decision| {
+                let start = decision.window.start_unix_micros;
+                let forecast = decision.window.end_unix_micros.and_then(|end| {
+                    let elapsed = now.clamp(start, end) - start;
+                    (elapsed > 0).then(|| {
+                        let projected = i128::from(decision.spent.0) * i128::from(end - start) / i128::from(elapsed);
+                        i64::try_from(projected).unwrap_or(i64::MAX)
+                    })
+                });
+                BudgetStatus {
+                    subject: decision.subject.key(),
+                    budget_id: decision.budget_id,
+                    window: decision.window.kind,
+                    window_start_unix_micros: start,
+                    window_end_unix_micros: decision.window.end_unix_micros,
+                    budget_nanos: decision.budget.0,
+                    spent_nanos: decision.spent.0,
+                    remaining_nanos: decision.remaining.0,
+                    state: decision.state,
+                    hard: decision.hard,
+                    forecast_nanos: forecast,
+                    as_of_unix_micros: decision.time_unix_micros,
+                }
+            })
+            .collect())
+    }
+}
+
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
     batch.column_by_name(name).map(|array| array.as_ref())
 }
