@@ -28,7 +28,7 @@ use tollgate_schemas::{DeadLetterReason, Event, GovernanceChange, PolicyViolatio
 use crate::config::{ProcessorConfig, WarehouseConfig};
 use crate::metrics::{DeadLetterLabels, ProcessorMetrics, StageLabels, TableLabels};
 use crate::pricing::reason_label;
-use crate::sink::clickhouse::ClickHouseSink;
+use crate::sink::clickhouse::{ClickHouseSink, PreparedRows};
 use crate::stage::{Outputs, StageError, next_batch, send_dead_letter};
 
 const STAGE: &str = "clickhouse";
@@ -121,15 +121,12 @@ async fn flush(
     }
     outputs.acknowledged().await?;
     for (table, rows) in by_table {
-        let count = rows.len() as u64;
-        let inserted = retry(metrics, shutdown, &format!("inserting into ClickHouse table {table}"), || {
-            sink.insert_json_rows(table, rows.clone())
-        })
-        .await;
-        if !inserted {
+        let prepared = PreparedRows::new(table, rows)?;
+        let what = format!("inserting into ClickHouse table {table}");
+        if !retry(metrics, shutdown, &what, || sink.insert_prepared(&prepared)).await {
             return Ok(false);
         }
-        metrics.clickhouse_rows.get_or_create(&TableLabels { table }).inc_by(count);
+        metrics.clickhouse_rows.get_or_create(&TableLabels { table }).inc_by(prepared.len() as u64);
     }
     Ok(true)
 }

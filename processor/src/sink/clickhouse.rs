@@ -361,25 +361,22 @@ impl ClickHouseSink {
     /// [`ClickHouseSink::insert_records`] for rows already made with
     /// [`StoredRecord::to_json_rows`].
     pub async fn insert_json_rows(&self, table: &str, rows: Vec<JsonRow>) -> Result<(), SinkError> {
-        if rows.is_empty() {
+        self.insert_prepared(&PreparedRows::new(table, rows)?).await
+    }
+
+    /// Inserts rows made ready by [`PreparedRows::new`]; may be called again with the
+    /// same rows after a failure.
+    pub async fn insert_prepared(&self, prepared: &PreparedRows) -> Result<(), SinkError> {
+        if prepared.rows == 0 {
             return Ok(());
         }
-        let mut body = Vec::with_capacity(rows.len() * 512);
-        let mut content = Vec::new();
-        for mut row in rows {
-            if let Some(row) = content_row(&mut row) {
-                content.push(row);
-            }
-            nest_lists(&mut row);
-            serde_json::to_writer(&mut body, &row).map_err(|error| SinkError::InvalidRow(error.to_string()))?;
-            body.push(b'\n');
-        }
-        let mut insert = self.client.insert_formatted_with(format!("INSERT INTO {table} FORMAT JSONEachRow"));
-        insert.send(bytes::Bytes::from(body)).await?;
+        let sql = format!("INSERT INTO {} FORMAT JSONEachRow", prepared.table);
+        let mut insert = self.client.insert_formatted_with(sql);
+        insert.send(prepared.body.clone()).await?;
         insert.end().await?;
-        if !content.is_empty() {
+        if !prepared.content.is_empty() {
             let mut insert = self.client.insert::<ContentRow>("interaction_content").await?;
-            for row in &content {
+            for row in &prepared.content {
                 insert.write(row).await?;
             }
             insert.end().await?;
@@ -426,6 +423,43 @@ impl ClickHouseSink {
                 row.into_event(content).map_err(SinkError::InvalidRow)
             })
             .collect()
+    }
+}
+
+/// Rows for one table, encoded once: the `JSONEachRow` body, and the captured content
+/// taken out of it for `interaction_content`.
+#[derive(Debug, Clone)]
+pub struct PreparedRows {
+    table: String,
+    body: bytes::Bytes,
+    content: Vec<ContentRow>,
+    rows: usize,
+}
+
+impl PreparedRows {
+    /// `rows` for `table` (a table of migration 2).
+    pub fn new(table: &str, rows: Vec<JsonRow>) -> Result<Self, SinkError> {
+        let count = rows.len();
+        let mut body = Vec::with_capacity(count * 512);
+        let mut content = Vec::new();
+        for mut row in rows {
+            if let Some(row) = content_row(&mut row) {
+                content.push(row);
+            }
+            nest_lists(&mut row);
+            serde_json::to_writer(&mut body, &row).map_err(|error| SinkError::InvalidRow(error.to_string()))?;
+            body.push(b'\n');
+        }
+        Ok(PreparedRows { table: table.to_owned(), body: bytes::Bytes::from(body), content, rows: count })
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
     }
 }
 
@@ -523,7 +557,7 @@ struct InteractionRow {
 }
 
 /// A row of `interaction_content`: the captured text of one interaction.
-#[derive(Debug, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
 struct ContentRow {
     id: String,
     time: i64,
