@@ -151,6 +151,17 @@ async fn reports_and_searches_answer_from_the_archive() {
     let (status, body) = api.get(Some("guess"), &format!("/v1/reports/cost?{day}")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "unauthorized");
+    for (header, want) in [("bearer finance-token", StatusCode::OK), ("Basic finance-token", StatusCode::UNAUTHORIZED)]
+    {
+        let response = api
+            .client
+            .get(format!("{}/v1/reports/cost?{day}", api.base))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), want, "{header}");
+    }
 
     // The total reconciles with the priced events to the nano-dollar.
     let expected: i64 = interactions.iter().map(cost).sum();

@@ -120,10 +120,13 @@ fn authorize(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer TOKEN`"))?;
+    // The scheme name is case-insensitive (RFC 9110).
     let token = value
         .to_str()
         .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
     tokens.caller(token.trim()).cloned().ok_or_else(|| ApiError::unauthorized("unknown token"))
 }
