@@ -68,10 +68,11 @@ pub struct Params {
 
 impl Params {
     /// `pairs` as given; `allowed` are the parameters the endpoint knows.
-    pub fn new(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Self, ApiError> {
+    pub fn new(pairs: Vec<(String, String)>, allowed: &[impl AsRef<str>]) -> Result<Self, ApiError> {
         let mut values = HashMap::new();
         for (name, value) in pairs {
-            if !allowed.contains(&name.as_str()) {
+            if !allowed.iter().any(|known| known.as_ref() == name) {
+                let allowed: Vec<&str> = allowed.iter().map(AsRef::as_ref).collect();
                 return Err(ApiError::bad_parameter(
                     &name,
                     format!("unknown parameter; known: {}", allowed.join(", ")),

@@ -85,6 +85,162 @@ pub enum StartError {
     Location(String),
 }
 
+/// The error body of every endpoint.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Documents the body `ApiError` renders.
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// `invalid_parameter`, `unauthorized`, `forbidden`, `not_found` or `internal`.
+    code: String,
+    message: String,
+    /// The query parameter at fault, for `invalid_parameter`.
+    parameter: Option<String>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CostReportParams {
+    /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
+    #[param(example = "2026-11-26")]
+    from: String,
+    /// End of the range (exclusive), after `from`.
+    #[param(example = "2026-11-28")]
+    to: String,
+    /// Comma-separated groupings: org, team, user, project, key, provider, model, tool.
+    #[param(example = "team,model")]
+    group_by: Option<String>,
+    /// Time buckets: hour, day or month.
+    #[param(pattern = "^(hour|day|month)$")]
+    bucket: Option<String>,
+    /// Time zone of the buckets (IANA name or offset); UTC by default.
+    #[param(example = "Europe/Paris")]
+    tz: Option<String>,
+    /// json (default) or csv.
+    #[param(pattern = "^(json|csv)$")]
+    format: Option<String>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SearchParams {
+    /// Start of the range (inclusive); give both ends or neither.
+    from: Option<String>,
+    /// End of the range (exclusive).
+    to: Option<String>,
+    org: Option<String>,
+    team: Option<String>,
+    user: Option<String>,
+    project: Option<String>,
+    key: Option<String>,
+    provider: Option<String>,
+    /// The model the caller asked for.
+    model: Option<String>,
+    tool: Option<String>,
+    /// ok, tool_error, upstream_error, ... (the interaction outcomes).
+    outcome: Option<String>,
+    /// Interactions that raised a violation of this rule.
+    rule: Option<String>,
+    /// Text in the captured request or response (auditor and admin only).
+    text: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to the configured maximum (default 100).
+    limit: Option<u32>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct BudgetParams {
+    /// `org:ID`, `team:ID`, `user:ID` or `key:ID`.
+    subject: Option<String>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DecisionParams {
+    from: Option<String>,
+    to: Option<String>,
+    /// `kind:id`.
+    subject: Option<String>,
+    budget: Option<String>,
+    /// allow, warn or block.
+    state: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ViolationParams {
+    from: Option<String>,
+    to: Option<String>,
+    org: Option<String>,
+    team: Option<String>,
+    user: Option<String>,
+    key: Option<String>,
+    rule: Option<String>,
+    /// low, medium, high or critical.
+    severity: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct GovernanceParams {
+    from: Option<String>,
+    to: Option<String>,
+    /// key, budget, policy, provider, price_catalog, ...
+    target_kind: Option<String>,
+    target: Option<String>,
+    actor: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The names of the query parameters `P` documents: the only ones its endpoint accepts.
+fn names<P: utoipa::IntoParams>() -> Vec<String> {
+    P::into_params(|| None).into_iter().map(|parameter| parameter.name).collect()
+}
+
+/// The OpenAPI document of this API, served at `/openapi.json`.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tollgate query API",
+        description = "Read-only compliance queries over Tollgate's record of AI traffic: cost reports for finance, interaction history for auditors."
+    ),
+    paths(cost_report, search, interaction, budgets, decisions, violations, governance),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
 struct AppState {
     store: ParquetStore,
     tokens: Tokens,
@@ -105,6 +261,7 @@ pub async fn router(config: &QueryApiConfig) -> Result<Router, StartError> {
     let state = Arc::new(AppState { store, tokens, max_page: config.max_page_size.max(1) });
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }))
         .route("/v1/reports/cost", get(cost_report))
         .route("/v1/interactions", get(search))
         .route("/v1/interactions/{id}", get(interaction))
@@ -135,13 +292,23 @@ fn pairs(query: Option<String>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/reports/cost",
+    params(CostReportParams),
+    responses(
+        (status = 200, description = "Cost lines and totals (JSON), or the lines as CSV with `format=csv`."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
 async fn cost_report(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.tokens)?;
-    let params = Params::new(pairs(query), &["from", "to", "group_by", "bucket", "tz", "format"])?;
+    let params = Params::new(pairs(query), &names::<CostReportParams>())?;
     let range = params.time_range()?;
     let group_by = params.get("group_by").map(GroupBy::parse_list).transpose()?.unwrap_or_default();
     let bucket = params.get("bucket").map(Bucket::parse).transpose()?;
@@ -204,15 +371,24 @@ const EQUALITY_FILTERS: [(&str, &str); 8] = [
     ("tool", "gen_ai_tool_name"),
 ];
 
+#[utoipa::path(
+    get,
+    path = "/v1/interactions",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "A page of priced interactions, oldest first, and the cursor of the next page."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "`text` needs an auditor or admin token.", body = ErrorBody),
+    )
+)]
 async fn search(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let caller = authorize(&headers, &state.tokens)?;
-    let mut allowed: Vec<&str> = EQUALITY_FILTERS.iter().map(|(name, _)| *name).collect();
-    allowed.extend(["from", "to", "outcome", "rule", "text", "cursor", "limit"]);
-    let params = Params::new(pairs(query), &allowed)?;
+    let params = Params::new(pairs(query), &names::<SearchParams>())?;
     let range = match (params.get("from"), params.get("to")) {
         (None, None) => None,
         _ => Some(params.time_range()?),
@@ -250,6 +426,17 @@ async fn search(
     Ok(Json(page).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/interactions/{id}",
+    params(("id" = uuid::Uuid, Path, description = "The interaction id")),
+    responses(
+        (status = 200, description = "The interaction, its violations and the decisions in force for its subjects."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 404, description = "No such interaction in the archive.", body = ErrorBody),
+    )
+)]
 async fn interaction(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -305,24 +492,44 @@ fn require_auditor(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/budgets",
+    params(BudgetParams),
+    responses(
+        (status = 200, description = "Each budget's newest state with a forecast to its window's end."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
 async fn budgets(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.tokens)?;
-    let params = Params::new(pairs(query), &["subject"])?;
+    let params = Params::new(pairs(query), &names::<BudgetParams>())?;
     let status = state.store.budget_status(subject(&params)?, tollgate_schemas::now_unix_micros()).await?;
     Ok(Json(serde_json::json!({ "budgets": status })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/decisions",
+    params(DecisionParams),
+    responses(
+        (status = 200, description = "A page of quota decisions in time order."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
 async fn decisions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.tokens)?;
-    let params = Params::new(pairs(query), &["from", "to", "subject", "budget", "state", "cursor", "limit"])?;
+    let params = Params::new(pairs(query), &names::<DecisionParams>())?;
     let mut query = listing(&params, state.max_page)?;
     if let Some((kind, id)) = subject(&params)? {
         query.equals.push(("subject_kind", kind));
@@ -340,16 +547,24 @@ async fn decisions(
     Ok(Json(state.store.list::<QuotaDecision>(&query).await?).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/violations",
+    params(ViolationParams),
+    responses(
+        (status = 200, description = "A page of policy violations in time order."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Auditor and admin tokens only.", body = ErrorBody),
+    )
+)]
 async fn violations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     require_auditor(&authorize(&headers, &state.tokens)?)?;
-    let params = Params::new(
-        pairs(query),
-        &["from", "to", "org", "team", "user", "key", "rule", "severity", "cursor", "limit"],
-    )?;
+    let params = Params::new(pairs(query), &names::<ViolationParams>())?;
     let mut query = listing(&params, state.max_page)?;
     for (name, column) in
         [("org", "org_id"), ("team", "team_id"), ("user", "user_id"), ("key", "key_id"), ("rule", "rule_id")]
@@ -367,13 +582,24 @@ async fn violations(
     Ok(Json(state.store.list::<PolicyViolation>(&query).await?).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/governance",
+    params(GovernanceParams),
+    responses(
+        (status = 200, description = "A page of governance changes in time order."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Auditor and admin tokens only.", body = ErrorBody),
+    )
+)]
 async fn governance(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     require_auditor(&authorize(&headers, &state.tokens)?)?;
-    let params = Params::new(pairs(query), &["from", "to", "target_kind", "target", "actor", "cursor", "limit"])?;
+    let params = Params::new(pairs(query), &names::<GovernanceParams>())?;
     let mut query = listing(&params, state.max_page)?;
     for (name, column) in [("target_kind", "target_kind"), ("target", "target_id"), ("actor", "actor_id")] {
         if let Some(value) = params.get(name) {
