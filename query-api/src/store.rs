@@ -75,6 +75,22 @@ pub struct InteractionDetail {
     pub decisions: Vec<QuotaDecision>,
 }
 
+/// Cuts a page fetched with one row more than `limit` and says where the next starts.
+fn cut<T>(rows: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> (i64, uuid::Uuid)) -> Option<String> {
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(|last| {
+        let (time_unix_micros, id) = key(last);
+        Cursor { time_unix_micros, id: id.to_string() }.encode()
+    })
+}
+
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) }
+}
+
 fn engine(error: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("query failed: {error}"))
 }
@@ -98,6 +114,26 @@ impl Bind {
     fn add(&mut self, value: ScalarValue) -> String {
         self.values.push(value);
         format!("${}", self.values.len())
+    }
+
+    /// Conditions for an optional time range and equality filters.
+    fn filters(&mut self, range: Option<TimeRange>, equals: &[(&'static str, String)]) -> Vec<String> {
+        let mut conditions = Vec::new();
+        if let Some(range) = range {
+            conditions.push(self.range(range));
+        }
+        for (column, value) in equals {
+            let placeholder = self.add(text(value));
+            conditions.push(format!("{column} = {placeholder}"));
+        }
+        conditions
+    }
+
+    /// The condition that keeps rows after `cursor` in `(time, id)` order.
+    fn after(&mut self, cursor: &Cursor) -> String {
+        let time = self.add(timestamp(cursor.time_unix_micros));
+        let id = self.add(text(&cursor.id));
+        format!("(time > {time} OR (time = {time} AND id > {id}))")
     }
 
     /// The time range as conditions, with the date partitions it touches.
@@ -184,14 +220,7 @@ impl ParquetStore {
     /// Interactions matching `query`, oldest first, a page at a time.
     pub async fn search(&self, query: &SearchQuery) -> Result<Page, ApiError> {
         let mut bind = Bind::default();
-        let mut conditions = Vec::new();
-        if let Some(range) = query.range {
-            conditions.push(bind.range(range));
-        }
-        for (column, value) in &query.equals {
-            let placeholder = bind.add(text(value));
-            conditions.push(format!("{column} = {placeholder}"));
-        }
+        let mut conditions = bind.filters(query.range, &query.equals);
         if let Some(rule) = &query.rule {
             let placeholder = bind.add(text(rule));
             conditions.push(format!(
@@ -205,22 +234,16 @@ impl ParquetStore {
             ));
         }
         if let Some(cursor) = &query.after {
-            let time = bind.add(timestamp(cursor.time_unix_micros));
-            let id = bind.add(text(&cursor.id));
-            conditions.push(format!("(time > {time} OR (time = {time} AND id > {id}))"));
+            conditions.push(bind.after(cursor));
         }
-        let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
-        let sql = format!("SELECT * FROM priced_interactions{filter} ORDER BY time, id LIMIT {}", query.limit + 1);
+        let sql = format!(
+            "SELECT * FROM priced_interactions{} ORDER BY time, id LIMIT {}",
+            where_clause(&conditions),
+            query.limit + 1
+        );
         let mut interactions: Vec<PricedInteraction> = self.bound_records(&sql, bind).await?;
-        let next_cursor = if interactions.len() > query.limit {
-            interactions.truncate(query.limit);
-            interactions.last().map(|last| {
-                Cursor { time_unix_micros: last.interaction.time_unix_micros, id: last.interaction.id.to_string() }
-                    .encode()
-            })
-        } else {
-            None
-        };
+        let next_cursor =
+            cut(&mut interactions, query.limit, |last| (last.interaction.time_unix_micros, last.interaction.id));
         Ok(Page { interactions, next_cursor })
     }
 
@@ -331,21 +354,11 @@ impl ParquetStore {
     /// published copy), oldest first, a page at a time.
     pub async fn list<E: Listed>(&self, query: &ListQuery) -> Result<EventPage<E>, ApiError> {
         let mut bind = Bind::default();
-        let mut conditions = Vec::new();
-        if let Some(range) = query.range {
-            conditions.push(bind.range(range));
-        }
-        for (column, value) in &query.equals {
-            let placeholder = bind.add(text(value));
-            conditions.push(format!("{column} = {placeholder}"));
-        }
-        let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
-        let mut outer = String::new();
-        if let Some(cursor) = &query.after {
-            let time = bind.add(timestamp(cursor.time_unix_micros));
-            let id = bind.add(text(&cursor.id));
-            outer = format!(" AND (time > {time} OR (time = {time} AND id > {id}))");
-        }
+        let filter = where_clause(&bind.filters(query.range, &query.equals));
+        let outer = match &query.after {
+            Some(cursor) => format!(" AND {}", bind.after(cursor)),
+            None => String::new(),
+        };
         let sql = format!(
             "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY time) AS copy FROM {}{filter}) \
              WHERE copy = 1{outer} ORDER BY time, id LIMIT {}",
@@ -353,14 +366,7 @@ impl ParquetStore {
             query.limit + 1
         );
         let mut items: Vec<E> = self.bound_records(&sql, bind).await?;
-        let next_cursor = if items.len() > query.limit {
-            items.truncate(query.limit);
-            items
-                .last()
-                .map(|last| Cursor { time_unix_micros: last.time_unix_micros(), id: last.id().to_string() }.encode())
-        } else {
-            None
-        };
+        let next_cursor = cut(&mut items, query.limit, |last| (last.time_unix_micros(), last.id()));
         Ok(EventPage { items, next_cursor })
     }
 
