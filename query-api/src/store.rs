@@ -192,8 +192,9 @@ impl ParquetStore {
         let condition = bind.range(query.range);
         let mut sql = format!("SELECT {} FROM priced_interactions WHERE {condition}", select.join(", "));
         if !group.is_empty() {
-            let columns = group.join(", ");
-            sql.push_str(&format!(" GROUP BY {columns} ORDER BY {columns}"));
+            // Missing values (a model call has no tool) sort last, as in every backend.
+            let order: Vec<String> = group.iter().map(|column| format!("{column} NULLS LAST")).collect();
+            sql.push_str(&format!(" GROUP BY {} ORDER BY {}", group.join(", "), order.join(", ")));
         }
         let mut lines = Vec::new();
         for batch in self.bound(&sql, bind).await? {
@@ -460,7 +461,7 @@ fn micros(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
     }
 }
 
-fn rfc3339(micros: i64) -> String {
+pub(crate) fn rfc3339(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
