@@ -17,15 +17,16 @@ use std::time::Duration;
 use serde_json::Value;
 use tollgate_archive::Archive;
 use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_processor::ProcessorConfig;
+use tollgate_processor::archive::caught_up;
 use tollgate_processor::config::ArchiveConfig;
 use tollgate_processor::metrics::ProcessorMetrics;
 use tollgate_processor::pricer::Pricer;
-use tollgate_processor::testing::workload;
-use tollgate_processor::{ProcessorConfig, Sources};
+use tollgate_processor::testing::{Running, team_budget, workload};
 use tollgate_query_api::parquet::ParquetStore;
 use tollgate_schemas::archive;
 use tollgate_schemas::pricing::PriceCatalog;
-use tollgate_schemas::topics::{DEAD_LETTER, INTERACTIONS, Keyed, PRICED_INTERACTIONS};
+use tollgate_schemas::topics::{DEAD_LETTER, PRICED_INTERACTIONS};
 use tollgate_schemas::{DeadLetter, Interaction};
 
 const PYTHON_ENV: &str = "TOLLGATE_TEST_PYTHON";
@@ -34,35 +35,7 @@ const COUNT: usize = 3_000;
 const START: i64 = 1_795_737_600_000_000 - 1_500_000;
 
 async fn publish(log: &dyn EventLog, interactions: &[Interaction]) {
-    let mut pending = Vec::new();
-    for interaction in interactions {
-        let payload = tollgate_schemas::encode(interaction).unwrap();
-        pending.push(log.publish(INTERACTIONS, interaction.message_key().as_bytes(), &payload).unwrap());
-    }
-    for ack in pending {
-        ack.await.unwrap();
-    }
-}
-
-/// Waits until every archived topic's partitions are archived up to their end.
-async fn wait_until_archived(log: &dyn EventLog, archive: &Archive, priced: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut done = log.end_offsets(PRICED_INTERACTIONS).await.unwrap().iter().map(|(_, end)| end).sum::<i64>()
-            >= i64::try_from(priced).unwrap();
-        for table in archive::TABLES {
-            for (partition, end) in log.end_offsets(table.topic).await.unwrap() {
-                let progress = archive.progress(table, partition).await.unwrap();
-                done &= progress.is_some_and(|progress| progress.next_offset == end && progress.pending.is_none())
-                    || end == 0;
-            }
-        }
-        if done {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the archive did not catch up within 120 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    tollgate_processor::testing::publish(log, interactions).await.unwrap();
 }
 
 /// Runs the processor, with a hard lifetime budget for team-0 and the archive set up as
@@ -73,32 +46,23 @@ async fn run_until_archived(
     archive: &Archive,
     priced: usize,
 ) -> Arc<ProcessorMetrics> {
-    let budget = tollgate_schemas::BudgetSpec {
-        subject: tollgate_schemas::Subject::new(tollgate_schemas::SubjectKind::Team, "team-0"),
-        window: tollgate_schemas::WindowKind::Lifetime,
-        limit: tollgate_schemas::Nanodollars(tollgate_schemas::Nanodollars::PER_DOLLAR),
-        hard: true,
-        alert_thresholds_percent: vec![50],
-    };
     let config = ProcessorConfig {
-        budgets: vec![("team-0-lifetime".to_owned(), budget)],
+        budgets: vec![team_budget("team-0", 1)],
         archive: Some(settings),
         ..ProcessorConfig::default()
     };
-    let sources = Sources {
-        catalog: PriceCatalog::shipped().unwrap(),
-        catalog_document: None,
-        config_actor: "archive-test".to_owned(),
-    };
-    let metrics = Arc::new(ProcessorMetrics::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let processor =
-        tokio::spawn(tollgate_processor::run(Arc::clone(log), config, sources, Arc::clone(&metrics), async {
-            let _ = stopped.await;
-        }));
-    wait_until_archived(log.as_ref(), archive, priced).await;
-    stop.send(()).unwrap();
-    processor.await.unwrap().unwrap();
+    let processor = Running::start(Arc::clone(log), config, "archive-test").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let published: i64 = log.end_offsets(PRICED_INTERACTIONS).await.unwrap().iter().map(|(_, end)| end).sum();
+        if published >= i64::try_from(priced).unwrap() && caught_up(log.as_ref(), archive).await.unwrap() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the archive did not catch up within 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = Arc::clone(&processor.metrics);
+    processor.stop().await.unwrap();
     metrics
 }
 

@@ -13,15 +13,14 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tollgate_eventlog::testing::{CLICKHOUSE_URL_ENV, required_env, unique_name};
 use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_processor::ProcessorConfig;
 use tollgate_processor::config::WarehouseConfig;
-use tollgate_processor::metrics::ProcessorMetrics;
 use tollgate_processor::pricer::Pricer;
 use tollgate_processor::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
-use tollgate_processor::testing::workload;
-use tollgate_processor::{ProcessorConfig, Sources};
+use tollgate_processor::testing::{Running, workload};
 use tollgate_schemas::arrow::StoredRecord;
 use tollgate_schemas::pricing::PriceCatalog;
-use tollgate_schemas::topics::{DEAD_LETTER, GOVERNANCE, INTERACTIONS, Keyed};
+use tollgate_schemas::topics::{DEAD_LETTER, GOVERNANCE};
 use tollgate_schemas::{DeadLetter, GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision};
 
 /// A TCP forwarder to ClickHouse that can be switched off: while off it drops every
@@ -115,14 +114,7 @@ async fn an_outage_delays_the_load_and_loses_nothing() {
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap());
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
     let interactions = workload(2_000, 3, tollgate_schemas::now_unix_micros() - 60_000_000);
-    let mut pending = Vec::new();
-    for interaction in &interactions {
-        let payload = tollgate_schemas::encode(interaction).unwrap();
-        pending.push(log.publish(INTERACTIONS, interaction.message_key().as_bytes(), &payload).unwrap());
-    }
-    for ack in pending {
-        ack.await.unwrap();
-    }
+    tollgate_processor::testing::publish(log.as_ref(), &interactions).await.unwrap();
     // A poison record on a loaded topic.
     tollgate_eventlog::publish_and_wait(log.as_ref(), GOVERNANCE, b"budget:x", b"[1, 2").await.unwrap();
 
@@ -142,17 +134,8 @@ async fn an_outage_delays_the_load_and_loses_nothing() {
         budgets: vec![("team-1-monthly".to_owned(), budget)],
         ..ProcessorConfig::default()
     };
-    let sources = Sources {
-        catalog: PriceCatalog::shipped().unwrap(),
-        catalog_document: None,
-        config_actor: "load-test".to_owned(),
-    };
-    let metrics = Arc::new(ProcessorMetrics::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let processor =
-        tokio::spawn(tollgate_processor::run(Arc::clone(&log), config, sources, Arc::clone(&metrics), async {
-            let _ = stopped.await;
-        }));
+    let processor = Running::start(Arc::clone(&log), config, "load-test").unwrap();
+    let metrics = Arc::clone(&processor.metrics);
 
     // ClickHouse is unreachable: the stage keeps retrying and inserts nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -183,8 +166,7 @@ async fn an_outage_delays_the_load_and_loses_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "the load did not finish after ClickHouse came back");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    stop.send(()).unwrap();
-    processor.await.unwrap().unwrap();
+    processor.stop().await.unwrap();
 
     let row = single(
         &direct,

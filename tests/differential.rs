@@ -12,18 +12,16 @@ use std::time::Duration;
 
 use tollgate_eventlog::testing::{CLICKHOUSE_URL_ENV, required_env, unique_name};
 use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_processor::ProcessorConfig;
+use tollgate_processor::archive::caught_up;
 use tollgate_processor::config::{ArchiveConfig, WarehouseConfig};
-use tollgate_processor::metrics::ProcessorMetrics;
 use tollgate_processor::pricer::Pricer;
-use tollgate_processor::testing::workload;
-use tollgate_processor::{ProcessorConfig, Sources};
+use tollgate_processor::testing::{Running, workload};
 use tollgate_query_api::clickhouse::{ClickHouseConnection, ClickHouseQueries};
 use tollgate_query_api::params::{Bucket, GroupBy, TimeRange};
 use tollgate_query_api::parquet::ParquetStore;
 use tollgate_query_api::store::CostQuery;
-use tollgate_schemas::archive;
 use tollgate_schemas::pricing::PriceCatalog;
-use tollgate_schemas::topics::{INTERACTIONS, Keyed};
 
 /// 2026-11-30T23:59:59Z: the interactions (1 ms apart) cross into December, UTC.
 const START: i64 = 1_796_083_200_000_000 - 1_000_000;
@@ -38,14 +36,7 @@ async fn datafusion_and_clickhouse_give_the_same_cost_reports() {
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap());
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
     let interactions = workload(COUNT, 29, START);
-    let mut pending = Vec::new();
-    for interaction in &interactions {
-        let payload = tollgate_schemas::encode(interaction).unwrap();
-        pending.push(log.publish(INTERACTIONS, interaction.message_key().as_bytes(), &payload).unwrap());
-    }
-    for ack in pending {
-        ack.await.unwrap();
-    }
+    tollgate_processor::testing::publish(log.as_ref(), &interactions).await.unwrap();
 
     let mut warehouse = WarehouseConfig::new(&clickhouse_url);
     warehouse.connection.database = database.clone();
@@ -55,21 +46,7 @@ async fn datafusion_and_clickhouse_give_the_same_cost_reports() {
         clickhouse: Some(warehouse),
         ..ProcessorConfig::default()
     };
-    let sources = Sources {
-        catalog: PriceCatalog::shipped().unwrap(),
-        catalog_document: None,
-        config_actor: "differential".into(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let processor = tokio::spawn(tollgate_processor::run(
-        Arc::clone(&log),
-        config,
-        sources,
-        Arc::new(ProcessorMetrics::default()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let processor = Running::start(Arc::clone(&log), config, "differential").unwrap();
 
     let parquet = ParquetStore::new();
     parquet.register_archive(std::path::Path::new(&root)).await.unwrap();
@@ -78,21 +55,13 @@ async fn datafusion_and_clickhouse_give_the_same_cost_reports() {
     let everything = TimeRange { from: START - 3_600_000_000, to: START + 3_600_000_000 };
     let total = CostQuery { range: everything, group_by: vec![], bucket: None, time_zone: "UTC".to_owned() };
     // Both stores hold everything once the interaction counts agree with the log.
+    let store = tollgate_archive::Archive::open(&root, &BTreeMap::new()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let stored = |lines: Result<Vec<tollgate_query_api::store::CostLine>, _>| {
             lines.ok().and_then(|lines| lines.first().map(|line| line.interactions)).unwrap_or(0)
         };
-        let archive_done = {
-            let store = tollgate_archive::Archive::open(&root, &BTreeMap::new()).unwrap();
-            let mut done = true;
-            for (partition, end) in log.end_offsets(archive::PRICED_INTERACTIONS.topic).await.unwrap() {
-                let progress = store.progress(archive::PRICED_INTERACTIONS, partition).await.unwrap();
-                done &= end == 0 || progress.is_some_and(|progress| progress.next_offset == end);
-            }
-            done
-        };
-        if archive_done
+        if caught_up(log.as_ref(), &store).await.unwrap()
             && stored(parquet.cost_report(&total).await) == COUNT as i64
             && stored(clickhouse.cost_report(&total).await) == COUNT as i64
         {
@@ -101,8 +70,7 @@ async fn datafusion_and_clickhouse_give_the_same_cost_reports() {
         assert!(tokio::time::Instant::now() < deadline, "the stores did not fill within 90 s");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    stop.send(()).unwrap();
-    processor.await.unwrap().unwrap();
+    processor.stop().await.unwrap();
 
     let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
     let expected: i64 = interactions.iter().map(|interaction| pricer.price(interaction).cost.total.0).sum();

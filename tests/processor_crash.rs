@@ -91,15 +91,7 @@ fn archive_root(dir: &Path) -> std::path::PathBuf {
 /// Whether every partition of every archived topic is archived up to its end.
 async fn archived(log: &dyn EventLog, dir: &Path) -> bool {
     let archive = Archive::open(archive_root(dir).to_str().unwrap(), &BTreeMap::new()).unwrap();
-    for table in tollgate_schemas::archive::TABLES {
-        for (partition, end) in log.end_offsets(table.topic).await.unwrap() {
-            let progress = archive.progress(table, partition).await.unwrap();
-            if end > 0 && !progress.is_some_and(|progress| progress.next_offset == end && progress.pending.is_none()) {
-                return false;
-            }
-        }
-    }
-    true
+    tollgate_processor::archive::caught_up(log, &archive).await.unwrap()
 }
 
 struct Processor {

@@ -13,16 +13,15 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_processor::ProcessorConfig;
+use tollgate_processor::archive::caught_up;
 use tollgate_processor::config::ArchiveConfig;
-use tollgate_processor::metrics::ProcessorMetrics;
 use tollgate_processor::pricer::Pricer;
-use tollgate_processor::testing::workload;
-use tollgate_processor::{ProcessorConfig, Sources};
+use tollgate_processor::testing::{Running, team_budget, workload};
 use tollgate_query_api::auth::{Role, TokenConfig, token_hash};
 use tollgate_query_api::server::QueryApiConfig;
-use tollgate_schemas::archive;
 use tollgate_schemas::pricing::PriceCatalog;
-use tollgate_schemas::topics::{INTERACTIONS, Keyed, PRICED_INTERACTIONS};
+use tollgate_schemas::topics::PRICED_INTERACTIONS;
 use tollgate_schemas::{Interaction, Nanodollars};
 
 /// 2026-11-26T23:59:59Z: the 1,500 interactions (1 ms apart) cross midnight UTC.
@@ -33,60 +32,24 @@ async fn archived(dir: &std::path::Path, interactions: &[Interaction]) -> String
     let root = dir.join("archive").display().to_string();
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.join("log"))).unwrap());
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
-    let mut pending = Vec::new();
-    for interaction in interactions {
-        let payload = tollgate_schemas::encode(interaction).unwrap();
-        pending.push(log.publish(INTERACTIONS, interaction.message_key().as_bytes(), &payload).unwrap());
-    }
-    for ack in pending {
-        ack.await.unwrap();
-    }
-    let budget = tollgate_schemas::BudgetSpec {
-        subject: tollgate_schemas::Subject::new(tollgate_schemas::SubjectKind::Team, "team-0"),
-        window: tollgate_schemas::WindowKind::Lifetime,
-        limit: Nanodollars(Nanodollars::PER_DOLLAR),
-        hard: true,
-        alert_thresholds_percent: vec![50],
-    };
+    tollgate_processor::testing::publish(log.as_ref(), interactions).await.unwrap();
     let config = ProcessorConfig {
-        budgets: vec![("team-0-lifetime".to_owned(), budget)],
+        budgets: vec![team_budget("team-0", 1)],
         archive: Some(ArchiveConfig { roll_interval: Duration::from_millis(200), ..ArchiveConfig::new(&root) }),
         ..ProcessorConfig::default()
     };
-    let sources = Sources {
-        catalog: PriceCatalog::shipped().unwrap(),
-        catalog_document: None,
-        config_actor: "query-test".into(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let processor = tokio::spawn(tollgate_processor::run(
-        Arc::clone(&log),
-        config,
-        sources,
-        Arc::new(ProcessorMetrics::default()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let processor = Running::start(Arc::clone(&log), config, "query-test").unwrap();
     let store = tollgate_archive::Archive::open(&root, &BTreeMap::new()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let mut done = true;
-        for table in archive::TABLES {
-            for (partition, end) in log.end_offsets(table.topic).await.unwrap() {
-                let progress = store.progress(table, partition).await.unwrap();
-                done &= end == 0 || progress.is_some_and(|progress| progress.next_offset == end);
-            }
-        }
         let priced: i64 = log.end_offsets(PRICED_INTERACTIONS).await.unwrap().iter().map(|(_, end)| end).sum();
-        if done && priced == COUNT as i64 {
+        if priced == COUNT as i64 && caught_up(log.as_ref(), &store).await.unwrap() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "archiving took too long");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.send(()).unwrap();
-    processor.await.unwrap().unwrap();
+    processor.stop().await.unwrap();
     root
 }
 

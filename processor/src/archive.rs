@@ -51,6 +51,23 @@ const STAGE: &str = "archive";
 
 pub use tollgate_archive::{Archive, Progress};
 
+/// Whether every partition of every archived topic is archived up to the end of the log
+/// (each partition's marker at the log's end offset, with no range pending).
+pub async fn caught_up(log: &dyn EventLog, archive: &Archive) -> Result<bool, StageError> {
+    for table in archive::TABLES {
+        for (partition, end) in log.end_offsets(table.topic).await? {
+            if end == 0 {
+                continue;
+            }
+            let progress = archive.progress(table, partition).await?;
+            if !progress.is_some_and(|progress| progress.next_offset == end && progress.pending.is_none()) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// What the stage keeps for a partition it owns.
 #[derive(Debug)]
 struct Part {

@@ -76,6 +76,8 @@ pub enum ProcessorError {
     Metrics { address: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Archive(#[from] tollgate_archive::ArchiveError),
+    #[error("the processor task ended abnormally: {0}")]
+    Task(String),
 }
 
 /// The processor's start-up input besides its configuration.

@@ -1,6 +1,12 @@
 //! Builders of realistic events for the processor's tests and benchmarks, and the
-//! price catalog tools are priced with in them. Not used by the processor itself.
+//! price catalog tools are priced with in them; publishing them, and running the processor
+//! in-process until a test has what it needs. Not used by the processor itself.
 
+use std::sync::Arc;
+
+use tollgate_eventlog::{EventLog, LogError};
+use tollgate_schemas::pricing::PriceCatalog;
+use tollgate_schemas::topics::{INTERACTIONS, Keyed};
 use tollgate_schemas::{
     Call, ContentRecord, GenAiOperation, Interaction, ModelCall, Outcome, OutcomeStatus, Principal, SCHEMA_VERSION,
     Timing, ToolCall, Usage,
@@ -126,4 +132,71 @@ pub fn workload(count: usize, seed: u64, start_unix_micros: i64) -> Vec<Interact
             interaction
         })
         .collect()
+}
+
+/// Publishes `interactions` on the interactions topic, keyed as gateways key them, and
+/// waits until every one is acknowledged.
+pub async fn publish(log: &dyn EventLog, interactions: &[Interaction]) -> Result<(), LogError> {
+    let mut pending = Vec::with_capacity(interactions.len());
+    for interaction in interactions {
+        let payload =
+            tollgate_schemas::encode(interaction).map_err(|error| LogError::Io(std::io::Error::other(error)))?;
+        pending.push(log.publish(INTERACTIONS, interaction.message_key().as_bytes(), &payload)?);
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// A hard lifetime budget of `dollars` for team `team`, with a 50% alert, as configured
+/// budgets are given: `(id, spec)`; the id is `{team}-lifetime`.
+pub fn team_budget(team: &str, dollars: i64) -> (String, tollgate_schemas::BudgetSpec) {
+    let spec = tollgate_schemas::BudgetSpec {
+        subject: tollgate_schemas::Subject::new(tollgate_schemas::SubjectKind::Team, team),
+        window: tollgate_schemas::WindowKind::Lifetime,
+        limit: tollgate_schemas::Nanodollars(dollars * tollgate_schemas::Nanodollars::PER_DOLLAR),
+        hard: true,
+        alert_thresholds_percent: vec![50],
+    };
+    (format!("{team}-lifetime"), spec)
+}
+
+/// The processor running in-process, on the shipped price catalog.
+#[derive(Debug)]
+pub struct Running {
+    pub metrics: Arc<crate::metrics::ProcessorMetrics>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::ProcessorError>>,
+}
+
+impl Running {
+    /// Starts [`crate::run`] on `log` with `config`; `actor` names its start-up
+    /// governance changes.
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        config: crate::ProcessorConfig,
+        actor: &str,
+    ) -> Result<Running, tollgate_schemas::pricing::CatalogError> {
+        let sources = crate::Sources {
+            catalog: PriceCatalog::shipped()?,
+            catalog_document: None,
+            config_actor: actor.to_owned(),
+        };
+        let metrics = Arc::new(crate::metrics::ProcessorMetrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::run(log, config, sources, Arc::clone(&metrics), async {
+            let _ = stopped.await;
+        }));
+        Ok(Running { metrics, stop, task })
+    }
+
+    /// Shuts the processor down as a signal would and waits for it.
+    pub async fn stop(self) -> Result<(), crate::ProcessorError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) => Err(crate::ProcessorError::Task(error.to_string())),
+        }
+    }
 }
