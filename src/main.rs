@@ -124,6 +124,14 @@ struct QueryApiArgs {
     /// The Parquet archive (a directory or an `s3://` URL), overriding `archive`.
     #[arg(long, env = "TOLLGATE_ARCHIVE")]
     archive: Option<String>,
+    /// Kafka bootstrap servers (`host:port,...`) for the access log, overriding
+    /// `kafka.bootstrap_servers`. Without any, access events go to the embedded log under
+    /// --data-dir (which no other process may have open).
+    #[arg(long, env = "TOLLGATE_KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: Option<String>,
+    /// Where the embedded log lives when no Kafka servers are given.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -269,7 +277,33 @@ async fn query_api(args: QueryApiArgs) -> anyhow::Result<()> {
     if config.tokens.is_empty() {
         tracing::warn!("no API tokens are configured: every request will be refused (make one with `tollgate token`)");
     }
-    let router = tollgate_query_api::server::router(&config).await?;
+    if let Some(servers) = args.kafka_bootstrap_servers {
+        match &mut config.kafka {
+            Some(kafka) => kafka.bootstrap_servers = servers,
+            None => config.kafka = Some(KafkaConfig::new(servers)),
+        }
+    }
+    // Every authenticated request is recorded on the log before it is answered.
+    let log: Arc<dyn EventLog> = match &config.kafka {
+        Some(kafka) => {
+            let mut kafka = kafka.clone();
+            if kafka.client_id == KafkaConfig::new(String::new()).client_id {
+                kafka.client_id = "tollgate-query-api".to_owned();
+            }
+            Arc::new(KafkaLog::connect(kafka).context("creating the Kafka clients")?)
+        }
+        None => {
+            let dir = args.data_dir.join("log");
+            Arc::new(
+                EmbeddedLog::open(EmbeddedLogConfig::new(&dir))
+                    .with_context(|| format!("opening the embedded log in {} for the access log", dir.display()))?,
+            )
+        }
+    };
+    tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL)
+        .await
+        .context("creating Tollgate's topics")?;
+    let router = tollgate_query_api::server::router(&config, log).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -367,10 +367,64 @@ fn leaf_of(record: &tollgate_schemas::PricedInteraction) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Rewrites the Parquet file at `path` with `records`, keeping its metadata.
+/// A query API over the archive at `root`, with an auditor token.
+struct QueryApi {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl QueryApi {
+    async fn start(root: &Path, log: Arc<dyn EventLog>, verifier: &str) -> Self {
+        use tollgate_query_api::auth::{Role, TokenConfig, token_hash};
+        let config = tollgate_query_api::server::QueryApiConfig {
+            archive: root.display().to_string(),
+            verifier_key: Some(verifier.to_owned()),
+            tokens: vec![TokenConfig {
+                name: "auditor".into(),
+                sha256: token_hash("auditor-token"),
+                role: Role::Auditor,
+            }],
+            ..Default::default()
+        };
+        let router = tollgate_query_api::server::router(&config, log).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+        QueryApi { base, client: reqwest::Client::new() }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response =
+            self.client.get(format!("{}{path}", self.base)).bearer_auth("auditor-token").send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+fn unbase64(value: &Value) -> [u8; 32] {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap();
+    bytes.try_into().unwrap()
+}
+
+/// Rewrites the Parquet file at `path` with `records`, keeping the Merkle log columns as
+/// the writer set them (the first row's leaf index, counting up), as a careful forger would.
 async fn rewrite(archive: &Archive, path: &str, records: &[tollgate_schemas::PricedInteraction]) {
-    use tollgate_schemas::arrow::StoredRecord;
+    use datafusion::arrow::array::{Array, Int32Array, UInt64Array};
+    use tollgate_schemas::arrow::{MERKLE_LEAF, MERKLE_PARTITION, StoredRecord, with_merkle_position};
+    let original = archive.get(path).await.unwrap().unwrap();
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(original)
+        .unwrap()
+        .build()
+        .unwrap();
+    let first = reader.into_iter().next().unwrap().unwrap();
+    let partition =
+        first.column_by_name(MERKLE_PARTITION).unwrap().as_any().downcast_ref::<Int32Array>().unwrap().value(0);
+    let leaf = first.column_by_name(MERKLE_LEAF).unwrap().as_any().downcast_ref::<UInt64Array>().unwrap().value(0);
     let batch = tollgate_schemas::PricedInteraction::to_record_batch(records).unwrap();
+    let batch = with_merkle_position(&batch, partition, leaf).unwrap();
     let bytes = tollgate_processor::sink::parquet::to_bytes(&[batch], Vec::new()).unwrap();
     archive.put(path, bytes).await.unwrap();
 }
@@ -447,6 +501,47 @@ async fn tampering_with_the_archive_is_found_and_named() {
     let proof = merkle.consistency_proof(first.size, size).unwrap();
     assert!(transparency::check_consistency(&proof, first.size, first.root, size, head.root));
 
+    // The same proofs from the query API: each record's place in the log, an inclusion
+    // proof against the signed checkpoint (checked here independently), a consistency
+    // proof, and verification on request.
+    let api = QueryApi::start(&root, Arc::clone(&log), &verifier).await;
+    for index in [0, size / 2, size - 1] {
+        let record = &records[usize::try_from(index).unwrap()].1;
+        let detail = api.get(&format!("/v1/interactions/{}", record.interaction.id)).await;
+        let proof = &detail["inclusion_proof"];
+        assert_eq!(proof["status"], "included", "{proof}");
+        assert_eq!(proof["verified"], true, "{proof}");
+        assert_eq!(proof["partition"], partition);
+        assert_eq!(proof["leaf_index"], index);
+        assert_eq!(proof["tree_size"], size);
+        let head = transparency::open_checkpoint(proof["checkpoint"].as_str().unwrap().as_bytes(), &verifier).unwrap();
+        let hashes: Vec<[u8; 32]> = proof["hashes"].as_array().unwrap().iter().map(unbase64).collect();
+        assert_eq!(unbase64(&proof["leaf_hash"]), leaf_of(record));
+        assert!(
+            rfc9162_inclusion(leaf_of(record), index, head.size, &hashes, head.root.0),
+            "record {index} via the API"
+        );
+    }
+    let listed = api.get("/v1/checkpoints").await;
+    let listed = listed["partitions"].as_array().unwrap();
+    assert_eq!(listed.len(), reports.len());
+    let ours = listed.iter().find(|entry| entry["partition"] == partition).unwrap();
+    assert_eq!(ours["tree_size"], size);
+    assert!(ours["signed_sizes"].as_array().unwrap().contains(&Value::from(first.size)));
+    let consistency =
+        api.get(&format!("/v1/proofs/consistency?partition={partition}&old_size={}&new_size={size}", first.size)).await;
+    let hashes: Vec<_> = consistency["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hash| tollgate_archive::transparency::Hash(unbase64(hash)))
+        .collect();
+    assert!(transparency::check_consistency(&hashes, first.size, first.root, size, head.root));
+    let old =
+        transparency::open_checkpoint(consistency["old_checkpoint"].as_str().unwrap().as_bytes(), &verifier).unwrap();
+    assert_eq!(old, first);
+    assert_eq!(api.get("/v1/verify").await["ok"], true);
+
     // Altering one record: found, and named.
     let victim = usize::try_from(size / 2).unwrap();
     let (path, _) = records[victim].clone();
@@ -466,6 +561,13 @@ async fn tampering_with_the_archive_is_found_and_named() {
     assert_eq!(problem.row, Some(row));
     let (ok, printed) = run_verify(&root, &verifier);
     assert!(!ok && printed.contains(&altered[row].interaction.id.to_string()), "{printed}");
+    let verified = api.get("/v1/verify").await;
+    assert_eq!(verified["ok"], false);
+    assert!(verified.to_string().contains(&altered[row].interaction.id.to_string()), "{verified}");
+    // The altered record's proof no longer checks.
+    let detail = api.get(&format!("/v1/interactions/{}", altered[row].interaction.id)).await;
+    assert_eq!(detail["inclusion_proof"]["status"], "included", "{detail}");
+    assert_eq!(detail["inclusion_proof"]["verified"], false, "{detail}");
 
     // Deleting one record.
     let mut fewer = in_file.clone();

@@ -21,36 +21,62 @@ use tollgate_processor::testing::{Running, team_budget, workload};
 use tollgate_query_api::auth::{Role, TokenConfig, token_hash};
 use tollgate_query_api::server::QueryApiConfig;
 use tollgate_schemas::pricing::PriceCatalog;
-use tollgate_schemas::topics::PRICED_INTERACTIONS;
+use tollgate_schemas::topics::{ACCESS, PRICED_INTERACTIONS};
 use tollgate_schemas::{Interaction, Nanodollars};
 
 /// 2026-11-26T23:59:59Z: the 1,500 interactions (1 ms apart) cross midnight UTC.
 const START: i64 = 1_795_737_600_000_000 - 1_000_000;
 const COUNT: usize = 1_500;
 
-async fn archived(dir: &std::path::Path, interactions: &[Interaction]) -> String {
+/// Publishes `interactions` to an embedded log under `dir`, archives everything on it,
+/// and returns the archive's location and the log.
+async fn archived(dir: &std::path::Path, interactions: &[Interaction]) -> (String, Arc<dyn EventLog>) {
     let root = dir.join("archive").display().to_string();
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.join("log"))).unwrap());
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
     tollgate_processor::testing::publish(log.as_ref(), interactions).await.unwrap();
+    archive_everything(&root, &log, interactions.len()).await;
+    (root, log)
+}
+
+/// Runs the processor until `priced` interactions are priced and everything on the log
+/// is in the archive at `root`.
+async fn archive_everything(root: &str, log: &Arc<dyn EventLog>, priced: usize) {
     let config = ProcessorConfig {
         budgets: vec![team_budget("team-0", 1)],
-        archive: Some(ArchiveConfig { roll_interval: Duration::from_millis(200), ..ArchiveConfig::new(&root) }),
+        archive: Some(ArchiveConfig { roll_interval: Duration::from_millis(200), ..ArchiveConfig::new(root) }),
         ..ProcessorConfig::default()
     };
-    let processor = Running::start(Arc::clone(&log), config, "query-test").unwrap();
-    let store = tollgate_archive::Archive::open(&root, &BTreeMap::new()).unwrap();
+    let processor = Running::start(Arc::clone(log), config, "query-test").unwrap();
+    let store = tollgate_archive::Archive::open(root, &BTreeMap::new()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let priced: i64 = log.end_offsets(PRICED_INTERACTIONS).await.unwrap().iter().map(|(_, end)| end).sum();
-        if priced == COUNT as i64 && caught_up(log.as_ref(), &store).await.unwrap() {
+        let count: i64 = log.end_offsets(PRICED_INTERACTIONS).await.unwrap().iter().map(|(_, end)| end).sum();
+        if count == priced as i64 && caught_up(log.as_ref(), &store).await.unwrap() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "archiving took too long");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     processor.stop().await.unwrap();
-    root
+}
+
+/// The finance and auditor tokens of these tests, and an API serving `config` over the
+/// archive at `root`, recording its access log on `log`.
+async fn serve(root: &str, log: Arc<dyn EventLog>, config: QueryApiConfig) -> Api {
+    let config = QueryApiConfig {
+        archive: root.to_owned(),
+        tokens: vec![
+            TokenConfig { name: "finance".into(), sha256: token_hash("finance-token"), role: Role::Finance },
+            TokenConfig { name: "auditor".into(), sha256: token_hash("auditor-token"), role: Role::Auditor },
+        ],
+        ..config
+    };
+    let router = tollgate_query_api::server::router(&config, log).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+    Api { base, client: reqwest::Client::new() }
 }
 
 struct Api {
@@ -88,24 +114,11 @@ impl Api {
 async fn reports_and_searches_answer_from_the_archive() {
     let dir = tempfile::tempdir().unwrap();
     let interactions = workload(COUNT, 17, START);
-    let root = archived(dir.path(), &interactions).await;
+    let (root, log) = archived(dir.path(), &interactions).await;
     let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
     let cost = |interaction: &Interaction| pricer.price(interaction).cost.total.0;
 
-    let config = QueryApiConfig {
-        archive: root,
-        tokens: vec![
-            TokenConfig { name: "finance".into(), sha256: token_hash("finance-token"), role: Role::Finance },
-            TokenConfig { name: "auditor".into(), sha256: token_hash("auditor-token"), role: Role::Auditor },
-        ],
-        max_page_size: 500,
-        ..QueryApiConfig::default()
-    };
-    let router = tollgate_query_api::server::router(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
-    let api = Api { base, client: reqwest::Client::new() };
+    let api = serve(&root, log, QueryApiConfig { max_page_size: 500, ..QueryApiConfig::default() }).await;
     let (finance, auditor) = ("finance-token", "auditor-token");
     let day = "from=2026-11-26&to=2026-11-28";
 
@@ -134,6 +147,50 @@ async fn reports_and_searches_answer_from_the_archive() {
     assert_eq!(report["total_cost_usd"], Nanodollars(expected).to_string());
 
     // Grouped by team and model: every line is the direct sum of its interactions.
+    // The chargeback export: FOCUS rows per day, org, team, user, key and model or tool,
+    // whose billed costs (exact decimals) add up to the same total.
+    let focus = api.json(finance, &format!("/v1/reports/chargeback?{day}&format=json")).await;
+    let rows = focus["rows"].as_array().unwrap();
+    let billed: i64 = rows.iter().map(|row| decimal_nanos(row["BilledCost"].as_str().unwrap())).sum();
+    assert_eq!(billed, expected);
+    let counted: i64 = rows.iter().map(|row| row["x_Interactions"].as_i64().unwrap()).sum();
+    assert_eq!(counted, COUNT as i64);
+    let mut per_key_day: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for interaction in &interactions {
+        let day = tollgate_schemas::archive::date_partition(interaction.time_unix_micros);
+        *per_key_day.entry((interaction.principal.key_id.clone(), format!("{day}T00:00:00Z"))).or_default() +=
+            cost(interaction);
+    }
+    let mut got: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for row in rows {
+        assert_eq!(row["BillingCurrency"], "USD");
+        assert_eq!(row["ChargeCategory"], "Usage");
+        assert_eq!(row["BilledCost"], row["EffectiveCost"]);
+        let unit = row["ConsumedUnit"].as_str().unwrap();
+        let tool = unit == "Calls" && row["ServiceName"] == "web" && row["ProviderName"] == "search";
+        assert!(unit == "Tokens" || tool, "{row}");
+        let key =
+            (row["ResourceId"].as_str().unwrap().to_owned(), row["ChargePeriodStart"].as_str().unwrap().to_owned());
+        *got.entry(key).or_default() += row["x_CostNanos"].as_i64().unwrap();
+    }
+    assert_eq!(got, per_key_day, "cost per key and day");
+    let (status, csv) = api.get(Some(finance), &format!("/v1/reports/chargeback?{day}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let header = csv.lines().next().unwrap();
+    for column in [
+        "BilledCost",
+        "BillingPeriodStart",
+        "ChargePeriodEnd",
+        "ProviderName",
+        "ServiceCategory",
+        "SubAccountId",
+        "Tags",
+    ] {
+        assert!(header.split(',').any(|name| name == column), "{column} missing from {header}");
+    }
+    assert_eq!(csv.lines().count(), rows.len() + 1);
+    assert_eq!(api.refused(finance, &format!("/v1/reports/chargeback?{day}&granularity=week")).await, "granularity");
+
     let report = api.json(finance, &format!("/v1/reports/cost?{day}&group_by=team,model")).await;
     let mut want: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for interaction in &interactions {
@@ -347,12 +404,14 @@ async fn reports_and_searches_answer_from_the_archive() {
     let document: Value = serde_json::from_str(&document).unwrap();
     for path in [
         "/v1/reports/cost",
+        "/v1/reports/chargeback",
         "/v1/interactions",
         "/v1/interactions/{id}",
         "/v1/budgets",
         "/v1/decisions",
         "/v1/violations",
         "/v1/governance",
+        "/v1/access",
     ] {
         assert!(document["paths"][path]["get"].is_object(), "{path} missing from /openapi.json");
     }
@@ -385,4 +444,100 @@ async fn reports_and_searches_answer_from_the_archive() {
         );
         assert!(printed.contains("passed"), "{printed}");
     }
+}
+
+/// `"12.345000001"` (dollars) in nano-dollars, read here independently of the API's code.
+fn decimal_nanos(text: &str) -> i64 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    assert!(fraction.len() <= 9, "{text}");
+    whole.parse::<i64>().unwrap() * 1_000_000_000 + format!("{fraction:0<9}").parse::<i64>().unwrap()
+}
+
+/// How many access events the log holds.
+async fn access_events(log: &Arc<dyn EventLog>) -> i64 {
+    log.end_offsets(ACCESS).await.unwrap().iter().map(|(_, end)| end).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_in_the_access_log_and_only_auditors_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let interactions = workload(60, 5, START);
+    let (root, log) = archived(dir.path(), &interactions).await;
+    let api = serve(&root, Arc::clone(&log), QueryApiConfig::default()).await;
+    let (finance, auditor) = ("finance-token", "auditor-token");
+    let one = interactions[7].id;
+
+    // Answers of every kind: reports, pages, one record, refusals by role, bad parameters.
+    let requests = [
+        (finance, "/v1/reports/cost".to_owned(), "from=2026-11-26&to=2026-11-28&group_by=team", StatusCode::OK),
+        (finance, "/v1/interactions".to_owned(), "limit=5", StatusCode::OK),
+        (finance, "/v1/access".to_owned(), "", StatusCode::FORBIDDEN),
+        (finance, "/v1/interactions".to_owned(), "text=secret", StatusCode::FORBIDDEN),
+        (finance, "/v1/violations".to_owned(), "", StatusCode::FORBIDDEN),
+        (auditor, "/v1/reports/cost".to_owned(), "from=yesterday&to=2026-11-28", StatusCode::BAD_REQUEST),
+        (auditor, format!("/v1/interactions/{one}"), "", StatusCode::OK),
+        (auditor, "/v1/interactions".to_owned(), "text=a&limit=3", StatusCode::OK),
+        (auditor, "/v1/governance".to_owned(), "", StatusCode::OK),
+    ];
+    let before = access_events(&log).await;
+    assert_eq!(before, 0, "nothing was queried yet");
+    for (token, path, query, want) in &requests {
+        let target = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+        let (status, body) = api.get(Some(token), &target).await;
+        assert_eq!(status, *want, "{target}: {body}");
+    }
+    // Requests without a valid token read nothing and are not access events.
+    assert_eq!(api.get(None, "/v1/interactions").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.get(Some("guess"), "/v1/interactions").await.0, StatusCode::UNAUTHORIZED);
+    // Counted on the log itself: one event per authenticated request, each on the log
+    // before its answer came back.
+    assert_eq!(access_events(&log).await, requests.len() as i64);
+
+    // Archived like every other event, the log reads back through the API, in order.
+    archive_everything(&root, &log, interactions.len()).await;
+    let page = api.json(auditor, "/v1/access?limit=100").await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), requests.len(), "{page}");
+    for ((token, path, query, status), item) in requests.iter().zip(items) {
+        let name = if *token == finance { "finance" } else { "auditor" };
+        assert_eq!(item["token_name"], name, "{item}");
+        assert_eq!(item["role"], name, "{item}");
+        assert_eq!(item["method"], "GET");
+        assert_eq!(item["path"], path.as_str(), "{item}");
+        assert_eq!(item["query"].as_str().unwrap_or_default(), *query, "{item}");
+        assert_eq!(item["status"], status.as_u16(), "{item}");
+        assert!(item["client_address"].as_str().unwrap().starts_with("127.0.0.1:"), "{item}");
+    }
+    // Result counts: the report has one line per team; the page held 5 records.
+    let teams: HashSet<_> = interactions.iter().map(|interaction| interaction.principal.team_id.clone()).collect();
+    assert_eq!(items[0]["results"], teams.len(), "{}", items[0]);
+    assert_eq!(items[1]["results"], 5);
+    assert_eq!(items[6]["results"], 1);
+    assert!(items[2]["results"].is_null(), "a refusal holds no records");
+    // Filters, and the reads of the log are themselves in it.
+    let mine = api.json(auditor, "/v1/access?token=finance&limit=100").await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 5);
+    let refused = api.get(Some(finance), "/v1/access?token=auditor").await;
+    assert_eq!(refused.0, StatusCode::FORBIDDEN, "{}", refused.1);
+    assert_eq!(api.refused(auditor, "/v1/access?role=root").await, "role");
+    assert_eq!(access_events(&log).await, requests.len() as i64 + 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_access_log_cannot_record_is_not_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _log) = archived(dir.path(), &workload(10, 2, START)).await;
+    // A Kafka cluster that is not there: the access event is never acknowledged.
+    let mut kafka = tollgate_eventlog::KafkaConfig::new("127.0.0.1:9".to_owned());
+    kafka.producer_properties.insert("message.timeout.ms".to_owned(), "60000".to_owned());
+    let unreachable: Arc<dyn EventLog> = Arc::new(tollgate_eventlog::KafkaLog::connect(kafka).unwrap());
+    let api =
+        serve(&root, unreachable, QueryApiConfig { access_log_timeout_ms: 300, ..QueryApiConfig::default() }).await;
+    let (status, body) = api.get(Some("auditor-token"), "/v1/interactions").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "access_log_unavailable");
+    assert!(body.get("interactions").is_none(), "no data leaves without its access record");
+    // Liveness does not depend on the log.
+    assert_eq!(api.get(None, "/healthz").await.0, StatusCode::OK);
 }

@@ -230,6 +230,194 @@ pub fn check_consistency(proof: &[Hash], old_size: u64, old_root: Hash, new_size
     tlog::check_tree(&proof.to_vec(), new_size, new_root, old_size, old_root).is_ok()
 }
 
+/// The size a signed checkpoint states, read without checking its signature (the reader
+/// of a proof checks that).
+pub fn checkpoint_size(note: &[u8]) -> Result<u64, ArchiveError> {
+    let invalid = |message: String| ArchiveError::Invalid { path: "checkpoint".to_owned(), message };
+    let note = Note::from_bytes(note).map_err(|error| invalid(format!("not a signed note: {error}")))?;
+    let checkpoint =
+        Checkpoint::from_bytes(note.text()).map_err(|error| invalid(format!("not a checkpoint: {error}")))?;
+    Ok(checkpoint.size())
+}
+
+/// That leaf `leaf_index` of a partition's log is `leaf_hash`, and is in the tree of the
+/// signed `checkpoint`: RFC 9162 inclusion proof (section 2.1.3) with the checkpoint it
+/// leads to. Hashes are standard base64.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InclusionProof {
+    pub partition: i32,
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    pub leaf_hash: String,
+    pub hashes: Vec<String>,
+    /// The signed checkpoint (a C2SP signed note), as stored.
+    pub checkpoint: String,
+}
+
+/// That the tree of the checkpoint of `old_size` leaves is a prefix of the tree of the
+/// one of `new_size` leaves: RFC 9162 consistency proof (section 2.1.4), with both signed
+/// checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsistencyProof {
+    pub partition: i32,
+    pub old_size: u64,
+    pub new_size: u64,
+    pub hashes: Vec<String>,
+    pub old_checkpoint: String,
+    pub new_checkpoint: String,
+}
+
+fn encode_hash(hash: &Hash) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(hash.0)
+}
+
+/// Records which stored hashes a proof reads, answering with zeros: which hashes a proof
+/// needs depends only on the tree's shape, so a first pass names them and a second,
+/// over just those hashes, makes the proof.
+#[derive(Default)]
+struct Recording(std::cell::RefCell<Vec<u64>>);
+
+impl HashReader for Recording {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog::Error> {
+        self.0.borrow_mut().extend_from_slice(indexes);
+        Ok(vec![Hash([0; 32]); indexes.len()])
+    }
+}
+
+struct Fetched(HashMap<u64, Hash>);
+
+impl HashReader for Fetched {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog::Error> {
+        indexes.iter().map(|index| self.0.get(index).copied().ok_or(tlog::Error::IndexesNotInTree)).collect()
+    }
+}
+
+/// Stored hashes `indexes` of `partition`'s log of `size` leaves, read from the hash
+/// files by range.
+async fn fetch_stored(
+    archive: &Archive,
+    table: Table,
+    partition: i32,
+    size: u64,
+    indexes: &[u64],
+) -> Result<Fetched, ArchiveError> {
+    let mut wanted: Vec<u64> = indexes.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut fetched = HashMap::new();
+    for path in archive.list(&log_dir(table, partition)).await? {
+        let Some(range) = path.rsplit('/').next().and_then(|name| name.strip_prefix("hashes-")) else { continue };
+        let Some((first, end)) = range.strip_suffix(".bin").and_then(|range| range.split_once('-')) else { continue };
+        let (Ok(first), Ok(end)) = (first.parse::<u64>(), end.parse::<u64>()) else { continue };
+        if end > size {
+            continue;
+        }
+        let (from, to) = (tlog::stored_hash_count(first), tlog::stored_hash_count(end));
+        let inside: Vec<u64> = wanted.iter().copied().filter(|index| (from..to).contains(index)).collect();
+        if inside.is_empty() {
+            continue;
+        }
+        let ranges: Vec<std::ops::Range<u64>> =
+            inside.iter().map(|index| (index - from) * 32..(index - from + 1) * 32).collect();
+        let chunks = archive.store().get_ranges(&archive.path(&path), &ranges).await?;
+        for (index, chunk) in inside.into_iter().zip(chunks) {
+            let hash: [u8; 32] = chunk.as_ref().try_into().map_err(|_| ArchiveError::Invalid {
+                path: path.clone(),
+                message: format!("stored hash {index} is cut short"),
+            })?;
+            fetched.insert(index, Hash(hash));
+        }
+    }
+    Ok(Fetched(fetched))
+}
+
+/// An inclusion proof of leaf `leaf_index` (whose hash is `leaf`) of `partition`'s log
+/// against the newest signed checkpoint, or `None` when no checkpoint covers it yet.
+pub async fn prove_inclusion(
+    archive: &Archive,
+    table: Table,
+    partition: i32,
+    leaf_index: u64,
+    leaf: Hash,
+) -> Result<Option<InclusionProof>, ArchiveError> {
+    let Some(note) = read_checkpoint(archive, table, partition, None).await? else { return Ok(None) };
+    let tree_size = checkpoint_size(&note)?;
+    if leaf_index >= tree_size {
+        return Ok(None);
+    }
+    let recording = Recording::default();
+    tlog::prove_record(tree_size, leaf_index, &recording).map_err(tree_error)?;
+    let fetched = fetch_stored(archive, table, partition, tree_size, &recording.0.take()).await?;
+    let hashes = tlog::prove_record(tree_size, leaf_index, &fetched).map_err(tree_error)?;
+    Ok(Some(InclusionProof {
+        partition,
+        leaf_index,
+        tree_size,
+        leaf_hash: encode_hash(&leaf),
+        hashes: hashes.iter().map(encode_hash).collect(),
+        checkpoint: String::from_utf8_lossy(&note).into_owned(),
+    }))
+}
+
+/// A consistency proof between the signed checkpoints of `old_size` and `new_size`
+/// leaves of `partition`'s log, or `None` when either was never signed.
+pub async fn prove_consistency(
+    archive: &Archive,
+    table: Table,
+    partition: i32,
+    old_size: u64,
+    new_size: u64,
+) -> Result<Option<ConsistencyProof>, ArchiveError> {
+    let (Some(old), Some(new)) = (
+        read_checkpoint(archive, table, partition, Some(old_size)).await?,
+        read_checkpoint(archive, table, partition, Some(new_size)).await?,
+    ) else {
+        return Ok(None);
+    };
+    let recording = Recording::default();
+    tlog::prove_tree(new_size, old_size, &recording).map_err(tree_error)?;
+    let fetched = fetch_stored(archive, table, partition, new_size, &recording.0.take()).await?;
+    let hashes = tlog::prove_tree(new_size, old_size, &fetched).map_err(tree_error)?;
+    Ok(Some(ConsistencyProof {
+        partition,
+        old_size,
+        new_size,
+        hashes: hashes.iter().map(encode_hash).collect(),
+        old_checkpoint: String::from_utf8_lossy(&old).into_owned(),
+        new_checkpoint: String::from_utf8_lossy(&new).into_owned(),
+    }))
+}
+
+fn decode_hash(text: &str) -> Option<Hash> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    Some(Hash(bytes.try_into().ok()?))
+}
+
+/// Checks `proof`: its checkpoint is signed by `verifier_key` and the leaf is in that
+/// checkpoint's tree at its index. `Err` when the key cannot be used.
+pub fn check_inclusion_proof(proof: &InclusionProof, verifier_key: &str) -> Result<bool, ArchiveError> {
+    StandardVerifier::new(verifier_key.trim()).map_err(|error| ArchiveError::Key(error.to_string()))?;
+    let Ok(head) = open_checkpoint(proof.checkpoint.as_bytes(), verifier_key) else { return Ok(false) };
+    let hashes: Option<Vec<Hash>> = proof.hashes.iter().map(|hash| decode_hash(hash)).collect();
+    let (Some(hashes), Some(leaf)) = (hashes, decode_hash(&proof.leaf_hash)) else { return Ok(false) };
+    Ok(head.size == proof.tree_size && check_inclusion(&hashes, head.size, head.root, proof.leaf_index, leaf))
+}
+
+/// The sizes of every checkpoint `partition`'s log has signed, oldest first.
+pub async fn checkpoint_sizes(archive: &Archive, table: Table, partition: i32) -> Result<Vec<u64>, ArchiveError> {
+    let dir = format!("{}/checkpoints", log_dir(table, partition));
+    let mut sizes: Vec<u64> = archive
+        .list(&dir)
+        .await?
+        .iter()
+        .filter_map(|path| path.rsplit('/').next().and_then(|name| name.parse().ok()))
+        .collect();
+    sizes.sort_unstable();
+    Ok(sizes)
+}
+
 /// A verified checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TreeHead {
@@ -519,6 +707,14 @@ pub async fn partitions(archive: &Archive) -> Result<Vec<i32>, ArchiveError> {
         }
     }
     Ok(found.into_iter().collect())
+}
+
+/// Whether the archive keeps a Merkle log over the priced interactions: whether any
+/// partition has one. One delimited listing, however large the log.
+pub async fn keeps_log(archive: &Archive) -> Result<bool, ArchiveError> {
+    let prefix = archive.path(&format!("{MERKLE_DIR}/{}", archive::PRICED_INTERACTIONS.name));
+    let listing = archive.store().list_with_delimiter(Some(&prefix)).await?;
+    Ok(!listing.common_prefixes.is_empty())
 }
 
 /// Verifies every partition (see [`verify_partition`]).

@@ -38,7 +38,8 @@ use tollgate_eventlog::{EventLog, Position, Record, Subscription};
 use tollgate_schemas::archive::{self, Table};
 use tollgate_schemas::arrow::StoredRecord;
 use tollgate_schemas::{
-    DeadLetterReason, Event, GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision, SourceOffset,
+    AccessEvent, DeadLetterReason, Event, GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision,
+    SourceOffset,
 };
 
 use crate::config::{ArchiveConfig, ProcessorConfig};
@@ -253,11 +254,19 @@ impl Writer<'_> {
         let sources = &mut part.sources;
         let (rows, leaves) = match table {
             archive::PRICED_INTERACTIONS => {
-                self.write::<PricedInteraction>(table, &records, sources, &mut outputs).await?
+                let first_leaf = part.log.as_ref().map(PartitionLog::size);
+                self.write::<PricedInteraction>(table, &records, sources, &mut outputs, first_leaf).await?
             }
-            archive::POLICY_VIOLATIONS => self.write::<PolicyViolation>(table, &records, sources, &mut outputs).await?,
-            archive::QUOTA_DECISIONS => self.write::<QuotaDecision>(table, &records, sources, &mut outputs).await?,
-            _ => self.write::<GovernanceChange>(table, &records, sources, &mut outputs).await?,
+            archive::POLICY_VIOLATIONS => {
+                self.write::<PolicyViolation>(table, &records, sources, &mut outputs, None).await?
+            }
+            archive::QUOTA_DECISIONS => {
+                self.write::<QuotaDecision>(table, &records, sources, &mut outputs, None).await?
+            }
+            archive::GOVERNANCE_CHANGES => {
+                self.write::<GovernanceChange>(table, &records, sources, &mut outputs, None).await?
+            }
+            _ => self.write::<AccessEvent>(table, &records, sources, &mut outputs, None).await?,
         };
         outputs.acknowledged().await?;
         if let (Some(log), Some(signer)) = (part.log.as_mut(), self.signer) {
@@ -286,13 +295,17 @@ impl Writer<'_> {
 
     /// Decodes `records` as `E`, drops replayed copies (see [`Archived::source`]), and
     /// writes one file per date. Returns the rows written and, for events that are Merkle
-    /// leaves, their leaf hashes in archive order (by date, then row).
+    /// leaves, their leaf hashes in archive order (by date, then row). With `first_leaf`
+    /// (the size of the partition's Merkle log), each row also records its place in the
+    /// log ([`tollgate_schemas::arrow::MERKLE_LEAF`]): that is how the query API finds a
+    /// record's inclusion proof.
     async fn write<E: Archived>(
         &self,
         table: Table,
         records: &[Record],
         sources: &mut BTreeMap<(String, i32), i64>,
         outputs: &mut Outputs,
+        first_leaf: Option<u64>,
     ) -> Result<(usize, Vec<Hash>), StageError> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok((0, Vec::new())) };
         let (partition, first, last) = (first.partition, first.offset, last.offset);
@@ -341,9 +354,14 @@ impl Writer<'_> {
                 events = kept;
                 batch = E::to_record_batch(&events);
             }
-            let batch = batch.map_err(SinkError::from)?;
+            let mut batch = batch.map_err(SinkError::from)?;
             if batch.num_rows() == 0 {
                 continue;
+            }
+            if let (Some(first_leaf), Some(_)) = (first_leaf, self.signer) {
+                let position = first_leaf + leaves.len() as u64;
+                batch = tollgate_schemas::arrow::with_merkle_position(&batch, partition, position)
+                    .map_err(SinkError::from)?;
             }
             let metadata = vec![
                 KeyValue::new(archive::METADATA_TABLE.to_owned(), table.name.to_owned()),
@@ -387,7 +405,7 @@ trait Archived: Event + StoredRecord {
     /// Where the event was made from, for events whose copies from a replay are dropped
     /// in the archive: a record whose source offset is not above the highest already
     /// seen from that source partition is one. Events without a source (violations,
-    /// decisions, governance changes; few, with stable ids) keep every copy, and readers
+    /// decisions, governance changes, access events; few, with stable ids) keep every copy, and readers
     /// take one row per id.
     fn source(&self) -> Option<&SourceOffset> {
         None
@@ -426,6 +444,12 @@ impl Archived for QuotaDecision {
 }
 
 impl Archived for GovernanceChange {
+    fn time_unix_micros(&self) -> i64 {
+        self.time_unix_micros
+    }
+}
+
+impl Archived for AccessEvent {
     fn time_unix_micros(&self) -> i64 {
         self.time_unix_micros
     }

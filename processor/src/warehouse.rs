@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tollgate_eventlog::{EventLog, Position, Record};
 use tollgate_schemas::archive::{self, Table};
 use tollgate_schemas::arrow::{JsonRow, StoredRecord};
-use tollgate_schemas::{DeadLetterReason, Event, GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision};
+use tollgate_schemas::{
+    AccessEvent, DeadLetterReason, Event, GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision,
+};
 
 use crate::config::{ProcessorConfig, WarehouseConfig};
 use crate::metrics::{DeadLetterLabels, ProcessorMetrics, StageLabels, TableLabels};
@@ -106,7 +108,8 @@ async fn flush(
             archive::PRICED_INTERACTIONS => json_row::<PricedInteraction>(record),
             archive::POLICY_VIOLATIONS => json_row::<PolicyViolation>(record),
             archive::QUOTA_DECISIONS => json_row::<QuotaDecision>(record),
-            _ => json_row::<GovernanceChange>(record),
+            archive::GOVERNANCE_CHANGES => json_row::<GovernanceChange>(record),
+            _ => json_row::<AccessEvent>(record),
         };
         match row {
             Ok(row) => by_table.entry(table.name).or_default().push(row),

@@ -8,11 +8,16 @@
 //! through the Arrow layouts of `tollgate-schemas`. [`clickhouse`] answers the cost report
 //! from the ClickHouse tables, identically.
 //!
-//! This crate never writes to the stores: it has no producer, no sink and no migration.
-//! Storage is the processor's job.
+//! Every authenticated request is recorded as an access event on the event log before
+//! its answer leaves ([`access`]); auditors read that log back through the API.
+//!
+//! This crate never writes to the stores: it has no sink and no migration, and the access
+//! events are its only output. Storage is the processor's job.
 
+pub mod access;
 pub mod auth;
 pub mod clickhouse;
+pub mod focus;
 pub mod params;
 pub mod parquet;
 pub mod server;

@@ -148,10 +148,12 @@ pub enum GroupBy {
     Provider,
     Model,
     Tool,
+    /// The MCP server of a tool call.
+    Server,
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 8] = [
+    pub const ALL: [GroupBy; 9] = [
         GroupBy::Org,
         GroupBy::Team,
         GroupBy::User,
@@ -160,6 +162,7 @@ impl GroupBy {
         GroupBy::Provider,
         GroupBy::Model,
         GroupBy::Tool,
+        GroupBy::Server,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +175,7 @@ impl GroupBy {
             GroupBy::Provider => "provider",
             GroupBy::Model => "model",
             GroupBy::Tool => "tool",
+            GroupBy::Server => "server",
         }
     }
 
@@ -186,6 +190,7 @@ impl GroupBy {
             GroupBy::Provider => "gen_ai_provider_name",
             GroupBy::Model => "gen_ai_request_model",
             GroupBy::Tool => "gen_ai_tool_name",
+            GroupBy::Server => "mcp_server",
         }
     }
 

@@ -4,12 +4,17 @@
 //! | --- | --- | --- |
 //! | `GET /healthz` | none | liveness |
 //! | `GET /v1/reports/cost` | all | spend by group and time bucket (`format=csv` for CSV) |
+//! | `GET /v1/reports/chargeback` | all | spend as FinOps FOCUS rows (CSV, or `format=json`) |
 //! | `GET /v1/interactions` | all (`text` auditor and admin only) | interaction search, oldest first, cursor pages |
-//! | `GET /v1/interactions/{id}` | all | one interaction with its violations and decisions |
+//! | `GET /v1/interactions/{id}` | all | one interaction with its violations, decisions and inclusion proof |
 //! | `GET /v1/budgets` | all | every budget's newest state, with a forecast to the window's end |
 //! | `GET /v1/decisions` | all | quota decision history |
 //! | `GET /v1/violations` | auditor, admin | policy violations |
 //! | `GET /v1/governance` | auditor, admin | governance change history (who changed what) |
+//! | `GET /v1/access` | auditor, admin | the access log: every authenticated request (see [`crate::access`]) |
+//! | `GET /v1/checkpoints` | auditor, admin | the Merkle log's newest signed checkpoint per partition |
+//! | `GET /v1/proofs/consistency` | auditor, admin | a consistency proof between two signed checkpoints |
+//! | `GET /v1/verify` | auditor, admin | the whole archive checked against the signed checkpoints |
 //!
 //! Finance tokens never receive captured content: it is removed from every interaction
 //! before the response is made.
@@ -18,19 +23,24 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use tollgate_archive::Archive;
+use tollgate_eventlog::EventLog;
+
+use crate::access::{AccessLog, Results};
 
 use crate::auth::{Caller, TokenConfig, Tokens};
 use crate::params::{ApiError, Bucket, Cursor, GroupBy, Params};
 use crate::parquet::ParquetStore;
 use crate::store::{CostQuery, ListQuery, SearchQuery};
-use tollgate_schemas::{GovernanceChange, PolicyViolation, QuotaDecision};
+use tollgate_schemas::{AccessEvent, GovernanceChange, PolicyViolation, QuotaDecision};
 
 /// The query API's configuration (`query-api.example.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -48,8 +58,24 @@ pub struct QueryApiConfig {
     /// The largest page an interaction search returns.
     #[serde(default = "default_max_page")]
     pub max_page_size: usize,
+    /// The Kafka cluster the access log is published to (`bootstrap_servers`,
+    /// `properties` for SASL/TLS, ...). Without it the binary uses the embedded log.
+    #[serde(default)]
+    pub kafka: Option<tollgate_eventlog::KafkaConfig>,
+    /// The verifier key of the archive's Merkle log (`name+id+key`, from `tollgate
+    /// keygen`). With it the API checks the proofs it returns and serves `/v1/verify`.
+    #[serde(default)]
+    pub verifier_key: Option<String>,
+    /// How long a request waits for the event log to take its access event before it is
+    /// refused with 503 (milliseconds).
+    #[serde(default = "default_access_log_timeout_ms")]
+    pub access_log_timeout_ms: u64,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+}
+
+fn default_access_log_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -67,6 +93,9 @@ impl Default for QueryApiConfig {
             archive: String::new(),
             archive_options: BTreeMap::new(),
             max_page_size: default_max_page(),
+            kafka: None,
+            verifier_key: None,
+            access_log_timeout_ms: default_access_log_timeout_ms(),
             tokens: Vec::new(),
         }
     }
@@ -112,7 +141,8 @@ pub struct CostReportParams {
     /// End of the range (exclusive), after `from`.
     #[param(example = "2026-11-28")]
     to: String,
-    /// Comma-separated groupings: org, team, user, project, key, provider, model, tool.
+    /// Comma-separated groupings: org, team, user, project, key, provider, model, tool,
+    /// server (the MCP server of tool calls).
     #[param(example = "team,model")]
     group_by: Option<String>,
     /// Time buckets: hour, day or month.
@@ -221,7 +251,20 @@ fn names<P: utoipa::IntoParams>() -> Vec<String> {
         title = "Tollgate query API",
         description = "Read-only compliance queries over Tollgate's record of AI traffic: cost reports for finance, interaction history for auditors."
     ),
-    paths(cost_report, search, interaction, budgets, decisions, violations, governance),
+    paths(
+        cost_report,
+        chargeback,
+        search,
+        interaction,
+        budgets,
+        decisions,
+        violations,
+        governance,
+        access_log,
+        checkpoints,
+        consistency,
+        verify
+    ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -241,14 +284,24 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-struct AppState {
+pub(crate) struct AppState {
     store: ParquetStore,
-    tokens: Tokens,
+    archive: Archive,
+    verifier_key: Option<String>,
+    pub(crate) tokens: Tokens,
+    pub(crate) access: AccessLog,
     max_page: usize,
 }
 
-/// The API's routes over the archive `config.archive`.
-pub async fn router(config: &QueryApiConfig) -> Result<Router, StartError> {
+/// `response` marked with the number of records it holds, for the access log.
+fn counted(mut response: Response, results: usize) -> Response {
+    response.extensions_mut().insert(Results(results as u64));
+    response
+}
+
+/// The API's routes over the archive `config.archive`, recording every authenticated
+/// request on `log` (see [`crate::access`]).
+pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<Router, StartError> {
     let tokens = Tokens::new(&config.tokens).map_err(StartError::Tokens)?;
     let archive = Archive::open(&config.archive, &config.archive_options)?;
     let store = ParquetStore::new();
@@ -258,22 +311,51 @@ pub async fn router(config: &QueryApiConfig) -> Result<Router, StartError> {
     } else {
         store.register_archive(std::path::Path::new(&config.archive)).await?;
     }
-    let state = Arc::new(AppState { store, tokens, max_page: config.max_page_size.max(1) });
-    Ok(Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/openapi.json", get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }))
+    let access = AccessLog::new(log, Duration::from_millis(config.access_log_timeout_ms.max(1)));
+    if let Some(key) = &config.verifier_key {
+        // A key that cannot verify anything is a configuration error, found at start.
+        let probe = tollgate_archive::transparency::InclusionProof {
+            partition: 0,
+            leaf_index: 0,
+            tree_size: 0,
+            leaf_hash: String::new(),
+            hashes: Vec::new(),
+            checkpoint: String::new(),
+        };
+        tollgate_archive::transparency::check_inclusion_proof(&probe, key)
+            .map_err(|error| StartError::Tokens(format!("verifier_key: {error}")))?;
+    }
+    let state = Arc::new(AppState {
+        store,
+        archive,
+        verifier_key: config.verifier_key.clone(),
+        tokens,
+        access,
+        max_page: config.max_page_size.max(1),
+    });
+    let v1 = Router::new()
         .route("/v1/reports/cost", get(cost_report))
+        .route("/v1/reports/chargeback", get(chargeback))
         .route("/v1/interactions", get(search))
         .route("/v1/interactions/{id}", get(interaction))
         .route("/v1/budgets", get(budgets))
         .route("/v1/decisions", get(decisions))
         .route("/v1/violations", get(violations))
         .route("/v1/governance", get(governance))
+        .route("/v1/access", get(access_log))
+        .route("/v1/checkpoints", get(checkpoints))
+        .route("/v1/proofs/consistency", get(consistency))
+        .route("/v1/verify", get(verify))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::access::guard));
+    Ok(Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }))
+        .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state))
 }
 
-fn authorize(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiError> {
+pub(crate) fn authorize(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer TOKEN`"))?;
@@ -302,12 +384,7 @@ fn pairs(query: Option<String>) -> Vec<(String, String)> {
         (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
     )
 )]
-async fn cost_report(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    authorize(&headers, &state.tokens)?;
+async fn cost_report(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let params = Params::new(pairs(query), &names::<CostReportParams>())?;
     let range = params.time_range()?;
     let group_by = params.get("group_by").map(GroupBy::parse_list).transpose()?.unwrap_or_default();
@@ -322,12 +399,13 @@ async fn cost_report(
     let lines = state.store.cost_report(&query).await?;
     if !csv {
         let total: i64 = lines.iter().map(|line| line.cost_nanos).sum();
-        return Ok(Json(serde_json::json!({
+        let count = lines.len();
+        let body = Json(serde_json::json!({
             "total_cost_nanos": total,
             "total_cost_usd": tollgate_schemas::Nanodollars(total).to_string(),
             "lines": lines,
-        }))
-        .into_response());
+        }));
+        return Ok(counted(body.into_response(), count));
     }
     let mut writer = csv::Writer::from_writer(Vec::new());
     let mut header_row: Vec<&str> = Vec::new();
@@ -356,7 +434,67 @@ async fn cost_report(
         writer.write_record(&row).map_err(csv_error)?;
     }
     let body = writer.into_inner().map_err(|error| ApiError::internal(error.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+    Ok(counted(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response(), lines.len()))
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ChargebackParams {
+    /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
+    #[param(example = "2026-11-01")]
+    from: String,
+    /// End of the range (exclusive), after `from`.
+    #[param(example = "2026-12-01")]
+    to: String,
+    /// The charge period: hour, day (default) or month, in UTC.
+    #[param(pattern = "^(hour|day|month)$")]
+    granularity: Option<String>,
+    /// csv (default) or json.
+    #[param(pattern = "^(json|csv)$")]
+    format: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/reports/chargeback",
+    params(ChargebackParams),
+    responses(
+        (status = 200, description = "Spend as FinOps FOCUS 1.1 rows: one per charge period, org, team, user, project, key, and provider and model or MCP server and tool. CSV unless `format=json`."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
+async fn chargeback(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let params = Params::new(pairs(query), &names::<ChargebackParams>())?;
+    let range = params.time_range()?;
+    let bucket = match params.get("granularity") {
+        None => Bucket::Day,
+        Some(text) => Bucket::parse(text)
+            .map_err(|_| ApiError::bad_parameter("granularity", format!("`{text}` is not hour, day or month")))?,
+    };
+    let csv = match params.get("format") {
+        None | Some("csv") => true,
+        Some("json") => false,
+        Some(other) => return Err(ApiError::bad_parameter("format", format!("`{other}` is not csv or json"))),
+    };
+    let group_by = GroupBy::parse_list(&crate::focus::GROUPINGS.join(","))?;
+    let query = CostQuery { range, group_by, bucket: Some(bucket), time_zone: "UTC".to_owned() };
+    let rows = crate::focus::rows(&state.store.cost_report(&query).await?, bucket)?;
+    let count = rows.len();
+    if !csv {
+        return Ok(counted(Json(serde_json::json!({ "rows": rows })).into_response(), count));
+    }
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in &rows {
+        writer.serialize(row).map_err(|error| ApiError::internal(error.to_string()))?;
+    }
+    let body = writer.into_inner().map_err(|error| ApiError::internal(error.to_string()))?;
+    let headers = [
+        (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+        (header::CONTENT_DISPOSITION, "attachment; filename=\"tollgate-focus.csv\""),
+    ];
+    Ok(counted((headers, body).into_response(), count))
 }
 
 /// The search parameters that filter on a stored column by equality.
@@ -384,10 +522,9 @@ const EQUALITY_FILTERS: [(&str, &str); 8] = [
 )]
 async fn search(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&headers, &state.tokens)?;
     let params = Params::new(pairs(query), &names::<SearchParams>())?;
     let range = match (params.get("from"), params.get("to")) {
         (None, None) => None,
@@ -423,7 +560,8 @@ async fn search(
             record.interaction.content.captured = None;
         }
     }
-    Ok(Json(page).into_response())
+    let count = page.interactions.len();
+    Ok(counted(Json(page).into_response(), count))
 }
 
 #[utoipa::path(
@@ -439,20 +577,64 @@ async fn search(
 )]
 async fn interaction(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&headers, &state.tokens)?;
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::bad_parameter("id", "not an interaction id (a UUID)"))?;
     let mut detail = state
         .store
         .interaction(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no interaction {id} in the archive")))?;
+    let proof = inclusion(&state, &detail.interaction).await?;
     if !caller.role.sees_content() {
         detail.interaction.interaction.content.captured = None;
     }
-    Ok(Json(detail).into_response())
+    let mut body = serde_json::to_value(&detail).map_err(|error| ApiError::internal(error.to_string()))?;
+    body["inclusion_proof"] = serde_json::to_value(&proof).map_err(|error| ApiError::internal(error.to_string()))?;
+    Ok(counted(Json(body).into_response(), 1))
+}
+
+/// Where an interaction stands in the archive's Merkle log.
+#[derive(Debug, serde::Serialize)]
+struct ProofAnswer {
+    /// `included`: the proof is given; `pending`: the record is in the log but no signed
+    /// checkpoint covers it yet; `not_logged`: the archive keeps no Merkle log;
+    /// `unlocated`: the archive keeps a log but the stored row does not say where it is in
+    /// it (written before the log was kept, or rewritten since), so nothing proves it.
+    status: &'static str,
+    #[serde(flatten)]
+    proof: Option<tollgate_archive::transparency::InclusionProof>,
+    /// Whether this server found the proof valid against the checkpoint signed with its
+    /// configured verifier key; absent without one. Clients should check for themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified: Option<bool>,
+}
+
+async fn inclusion(state: &AppState, record: &tollgate_schemas::PricedInteraction) -> Result<ProofAnswer, ApiError> {
+    use tollgate_archive::transparency;
+    let internal = |error: tollgate_archive::ArchiveError| ApiError::internal(error.to_string());
+    let Some((partition, leaf_index)) = state.store.merkle_position(record.interaction.id).await? else {
+        // A stored row without its place in a log the archive keeps was written before
+        // the log was, or was rewritten since: nothing can prove it.
+        if transparency::keeps_log(&state.archive).await.map_err(internal)? {
+            let verified = state.verifier_key.as_ref().map(|_| false);
+            return Ok(ProofAnswer { status: "unlocated", proof: None, verified });
+        }
+        return Ok(ProofAnswer { status: "not_logged", proof: None, verified: None });
+    };
+    let leaf = transparency::leaf_hash(record).map_err(internal)?;
+    let table = tollgate_schemas::archive::PRICED_INTERACTIONS;
+    let Some(proof) =
+        transparency::prove_inclusion(&state.archive, table, partition, leaf_index, leaf).await.map_err(internal)?
+    else {
+        return Ok(ProofAnswer { status: "pending", proof: None, verified: None });
+    };
+    let verified = match &state.verifier_key {
+        Some(key) => Some(transparency::check_inclusion_proof(&proof, key).map_err(internal)?),
+        None => None,
+    };
+    Ok(ProofAnswer { status: "included", proof: Some(proof), verified })
 }
 
 /// `kind:id`, as subjects are written.
@@ -502,15 +684,11 @@ fn require_auditor(caller: &Caller) -> Result<(), ApiError> {
         (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
     )
 )]
-async fn budgets(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    authorize(&headers, &state.tokens)?;
+async fn budgets(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let params = Params::new(pairs(query), &names::<BudgetParams>())?;
     let status = state.store.budget_status(subject(&params)?, tollgate_schemas::now_unix_micros()).await?;
-    Ok(Json(serde_json::json!({ "budgets": status })).into_response())
+    let count = status.len();
+    Ok(counted(Json(serde_json::json!({ "budgets": status })).into_response(), count))
 }
 
 #[utoipa::path(
@@ -523,12 +701,7 @@ async fn budgets(
         (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
     )
 )]
-async fn decisions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    authorize(&headers, &state.tokens)?;
+async fn decisions(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let params = Params::new(pairs(query), &names::<DecisionParams>())?;
     let mut query = listing(&params, state.max_page)?;
     if let Some((kind, id)) = subject(&params)? {
@@ -544,7 +717,9 @@ async fn decisions(
         }
         query.equals.push(("state", value.to_owned()));
     }
-    Ok(Json(state.store.list::<QuotaDecision>(&query).await?).into_response())
+    let page = state.store.list::<QuotaDecision>(&query).await?;
+    let count = page.items.len();
+    Ok(counted(Json(page).into_response(), count))
 }
 
 #[utoipa::path(
@@ -560,10 +735,10 @@ async fn decisions(
 )]
 async fn violations(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    require_auditor(&authorize(&headers, &state.tokens)?)?;
+    require_auditor(&caller)?;
     let params = Params::new(pairs(query), &names::<ViolationParams>())?;
     let mut query = listing(&params, state.max_page)?;
     for (name, column) in
@@ -579,7 +754,9 @@ async fn violations(
         }
         query.equals.push(("severity", value.to_owned()));
     }
-    Ok(Json(state.store.list::<PolicyViolation>(&query).await?).into_response())
+    let page = state.store.list::<PolicyViolation>(&query).await?;
+    let count = page.items.len();
+    Ok(counted(Json(page).into_response(), count))
 }
 
 #[utoipa::path(
@@ -595,10 +772,10 @@ async fn violations(
 )]
 async fn governance(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    require_auditor(&authorize(&headers, &state.tokens)?)?;
+    require_auditor(&caller)?;
     let params = Params::new(pairs(query), &names::<GovernanceParams>())?;
     let mut query = listing(&params, state.max_page)?;
     for (name, column) in [("target_kind", "target_kind"), ("target", "target_id"), ("actor", "actor_id")] {
@@ -606,7 +783,185 @@ async fn governance(
             query.equals.push((column, value.to_owned()));
         }
     }
-    Ok(Json(state.store.list::<GovernanceChange>(&query).await?).into_response())
+    let page = state.store.list::<GovernanceChange>(&query).await?;
+    let count = page.items.len();
+    Ok(counted(Json(page).into_response(), count))
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AccessParams {
+    from: Option<String>,
+    to: Option<String>,
+    /// The token's configured name.
+    token: Option<String>,
+    /// finance, auditor or admin.
+    role: Option<String>,
+    /// The request path, exactly (for example `/v1/interactions`).
+    path: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/access",
+    params(AccessParams),
+    responses(
+        (status = 200, description = "A page of the access log (who queried what, when) in time order."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Auditor and admin tokens only.", body = ErrorBody),
+    )
+)]
+async fn access_log(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if !caller.role.sees_content() {
+        return Err(ApiError::forbidden("the access log is for auditor and admin tokens"));
+    }
+    let params = Params::new(pairs(query), &names::<AccessParams>())?;
+    let mut query = listing(&params, state.max_page)?;
+    for (name, column) in [("token", "token_name"), ("path", "path")] {
+        if let Some(value) = params.get(name) {
+            query.equals.push((column, value.to_owned()));
+        }
+    }
+    if let Some(value) = params.get("role") {
+        if !["finance", "auditor", "admin"].contains(&value) {
+            return Err(ApiError::bad_parameter("role", format!("`{value}` is not finance, auditor or admin")));
+        }
+        query.equals.push(("role", value.to_owned()));
+    }
+    let page = state.store.list::<AccessEvent>(&query).await?;
+    let count = page.items.len();
+    Ok(counted(Json(page).into_response(), count))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/checkpoints",
+    responses(
+        (status = 200, description = "For each partition of the Merkle log over the priced interactions: the newest signed checkpoint and the sizes of every checkpoint signed."),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Auditor and admin tokens only.", body = ErrorBody),
+    )
+)]
+async fn checkpoints(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    use tollgate_archive::transparency;
+    require_auditor(&caller)?;
+    Params::new(pairs(query), &[] as &[&str])?;
+    let internal = |error: tollgate_archive::ArchiveError| ApiError::internal(error.to_string());
+    let table = tollgate_schemas::archive::PRICED_INTERACTIONS;
+    let mut partitions = Vec::new();
+    for partition in transparency::partitions(&state.archive).await.map_err(internal)? {
+        let Some(note) =
+            transparency::read_checkpoint(&state.archive, table, partition, None).await.map_err(internal)?
+        else {
+            continue;
+        };
+        partitions.push(serde_json::json!({
+            "partition": partition,
+            "tree_size": transparency::checkpoint_size(&note).map_err(internal)?,
+            "checkpoint": String::from_utf8_lossy(&note),
+            "signed_sizes": transparency::checkpoint_sizes(&state.archive, table, partition).await.map_err(internal)?,
+        }));
+    }
+    let count = partitions.len();
+    Ok(counted(Json(serde_json::json!({ "partitions": partitions })).into_response(), count))
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ConsistencyParams {
+    /// The Merkle log's partition.
+    partition: i32,
+    /// The size of the older signed checkpoint.
+    old_size: u64,
+    /// The size of the newer signed checkpoint, above `old_size`.
+    new_size: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/proofs/consistency",
+    params(ConsistencyParams),
+    responses(
+        (status = 200, description = "An RFC 9162 consistency proof between two signed checkpoints, with both checkpoints."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Auditor and admin tokens only.", body = ErrorBody),
+        (status = 404, description = "No checkpoint of one of the sizes.", body = ErrorBody),
+    )
+)]
+async fn consistency(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    require_auditor(&caller)?;
+    let params = Params::new(pairs(query), &names::<ConsistencyParams>())?;
+    let number = |name: &str| -> Result<u64, ApiError> {
+        let text = params.required(name)?;
+        text.parse().map_err(|_| ApiError::bad_parameter(name, format!("`{text}` is not a whole number")))
+    };
+    let partition = i32::try_from(number("partition")?)
+        .map_err(|_| ApiError::bad_parameter("partition", "not a partition number"))?;
+    let (old_size, new_size) = (number("old_size")?, number("new_size")?);
+    if old_size == 0 || new_size <= old_size {
+        return Err(ApiError::bad_parameter("new_size", "must be above old_size, which must be above 0"));
+    }
+    let table = tollgate_schemas::archive::PRICED_INTERACTIONS;
+    let proof = tollgate_archive::transparency::prove_consistency(&state.archive, table, partition, old_size, new_size)
+        .await
+        .map_err(|error| ApiError::internal(error.to_string()))?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "partition {partition} has no signed checkpoint of {old_size} or {new_size} leaves"
+            ))
+        })?;
+    Ok(counted(Json(proof).into_response(), 1))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/verify",
+    responses(
+        (status = 200, description = "Every partition of the archive checked against its signed checkpoint: altered, missing or reordered records are named. `ok` is false if any partition fails."),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Auditor and admin tokens only.", body = ErrorBody),
+        (status = 409, description = "No verifier key is configured.", body = ErrorBody),
+    )
+)]
+async fn verify(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    require_auditor(&caller)?;
+    Params::new(pairs(query), &[] as &[&str])?;
+    let Some(key) = &state.verifier_key else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::CONFLICT,
+            code: "not_configured",
+            message: "verification needs the log's verifier key: set `verifier_key` in the configuration".to_owned(),
+            parameter: None,
+        });
+    };
+    let reports = tollgate_archive::transparency::verify(&state.archive, key)
+        .await
+        .map_err(|error| ApiError::internal(error.to_string()))?;
+    let ok = reports.iter().all(tollgate_archive::transparency::Report::ok);
+    let count = reports.len();
+    Ok(counted(Json(serde_json::json!({ "ok": ok, "partitions": reports })).into_response(), count))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -615,7 +970,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -626,7 +983,9 @@ mod tests {
     async fn an_empty_archive_answers_with_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let config = QueryApiConfig { archive: dir.path().display().to_string(), ..QueryApiConfig::default() };
-        let _router = router(&config).await.unwrap();
+        let log =
+            tollgate_eventlog::EmbeddedLog::open(tollgate_eventlog::EmbeddedLogConfig::new(dir.path().join("log")));
+        let _router = router(&config, Arc::new(log.unwrap())).await.unwrap();
         let store = ParquetStore::new();
         store.register_archive(dir.path()).await.unwrap();
         let query = CostQuery {

@@ -277,6 +277,32 @@ impl ParquetStore {
     }
 }
 
+impl ParquetStore {
+    /// Where interaction `id` sits in its partition's Merkle log: `(partition, leaf
+    /// index)`, or `None` when the archive keeps no log (or has no such interaction).
+    pub async fn merkle_position(&self, id: uuid::Uuid) -> Result<Option<(i32, u64)>, ApiError> {
+        use datafusion::arrow::array::{Array, Int32Array, UInt64Array};
+        let mut bind = Bind::default();
+        let placeholder = bind.add(text(&id.to_string()));
+        let sql = format!(
+            "SELECT merkle_partition, merkle_leaf FROM priced_interactions \
+             WHERE id = {placeholder} AND merkle_leaf IS NOT NULL LIMIT 1"
+        );
+        for batch in self.bound(&sql, bind).await? {
+            let partitions = batch.column(0).as_any().downcast_ref::<Int32Array>();
+            let leaves = batch.column(1).as_any().downcast_ref::<UInt64Array>();
+            if let (Some(partitions), Some(leaves)) = (partitions, leaves)
+                && !partitions.is_empty()
+                && partitions.is_valid(0)
+                && leaves.is_valid(0)
+            {
+                return Ok(Some((partitions.value(0), leaves.value(0))));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// A listing of one of the event tables (violations, decisions, governance changes),
 /// validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -342,6 +368,16 @@ impl Listed for QuotaDecision {
 
 impl Listed for tollgate_schemas::GovernanceChange {
     const TABLE: &'static str = "governance_changes";
+    fn time_unix_micros(&self) -> i64 {
+        self.time_unix_micros
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+}
+
+impl Listed for tollgate_schemas::AccessEvent {
+    const TABLE: &'static str = "access_events";
     fn time_unix_micros(&self) -> i64 {
         self.time_unix_micros
     }

@@ -31,9 +31,11 @@ pub const PRICED_INTERACTIONS: Table = Table { name: "priced_interactions", topi
 pub const POLICY_VIOLATIONS: Table = Table { name: "policy_violations", topic: topics::POLICY_VIOLATIONS };
 pub const QUOTA_DECISIONS: Table = Table { name: "quota_decisions", topic: topics::QUOTA_DECISIONS };
 pub const GOVERNANCE_CHANGES: Table = Table { name: "governance_changes", topic: topics::GOVERNANCE };
+pub const ACCESS_EVENTS: Table = Table { name: "access_events", topic: topics::ACCESS };
 
 /// Every archived table.
-pub const TABLES: [Table; 4] = [PRICED_INTERACTIONS, POLICY_VIOLATIONS, QUOTA_DECISIONS, GOVERNANCE_CHANGES];
+pub const TABLES: [Table; 5] =
+    [PRICED_INTERACTIONS, POLICY_VIOLATIONS, QUOTA_DECISIONS, GOVERNANCE_CHANGES, ACCESS_EVENTS];
 
 /// The hive partition column of every table.
 pub const DATE_COLUMN: &str = "date";

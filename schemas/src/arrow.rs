@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    Actor, ActorKind, BudgetWindow, Call, CapturedContent, ChangeAction, ContentRecord, Cost, Detector, GenAiOperation,
-    GovernanceChange, GovernanceTarget, Interaction, InteractionKind, ModelCall, Nanodollars, Outcome, OutcomeStatus,
-    PolicyViolation, PricedInteraction, Principal, QuotaDecision, QuotaState, Severity, SourceOffset, Subject,
-    SubjectKind, TargetKind, Timing, ToolCall, TraceContext, Usage, ViolationAction, WindowKind,
+    AccessEvent, Actor, ActorKind, BudgetWindow, Call, CapturedContent, ChangeAction, ContentRecord, Cost, Detector,
+    GenAiOperation, GovernanceChange, GovernanceTarget, Interaction, InteractionKind, ModelCall, Nanodollars, Outcome,
+    OutcomeStatus, PolicyViolation, PricedInteraction, Principal, QuotaDecision, QuotaState, Severity, SourceOffset,
+    Subject, SubjectKind, TargetKind, Timing, ToolCall, TraceContext, Usage, ViolationAction, WindowKind,
 };
 
 /// Why a batch could not be built or read.
@@ -853,4 +853,136 @@ fn governance_change_from_row(row: GovernanceChangeRow) -> Result<GovernanceChan
             .unwrap_or(serde_json::Value::Null),
         reason: row.reason,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// AccessEvent
+
+fn access_event_fields() -> Vec<Field> {
+    vec![
+        utf8("id", false),
+        timestamp_field("time", false),
+        Field::new("schema_version", DataType::UInt16, false),
+        utf8("token_name", false),
+        utf8("role", false),
+        utf8("method", false),
+        utf8("path", false),
+        utf8("query", true),
+        Field::new("status", DataType::UInt16, false),
+        Field::new("results", DataType::UInt64, true),
+        Field::new("duration_micros", DataType::Int64, false),
+        utf8("client_address", true),
+    ]
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AccessEventRow {
+    id: String,
+    time: i64,
+    schema_version: u16,
+    token_name: String,
+    role: String,
+    method: String,
+    path: String,
+    query: Option<String>,
+    status: u16,
+    results: Option<u64>,
+    duration_micros: i64,
+    client_address: Option<String>,
+}
+
+impl AccessEventRow {
+    fn from_event(event: &AccessEvent) -> Self {
+        AccessEventRow {
+            id: event.id.to_string(),
+            time: event.time_unix_micros,
+            schema_version: event.schema_version,
+            token_name: event.token_name.clone(),
+            role: event.role.clone(),
+            method: event.method.clone(),
+            path: event.path.clone(),
+            query: event.query.clone(),
+            status: event.status,
+            results: event.results,
+            duration_micros: event.duration_micros,
+            client_address: event.client_address.clone(),
+        }
+    }
+
+    fn into_event(self) -> Result<AccessEvent, String> {
+        Ok(AccessEvent {
+            schema_version: self.schema_version,
+            id: parse_uuid(&self.id, "id")?,
+            time_unix_micros: self.time,
+            token_name: self.token_name,
+            role: self.role,
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            status: self.status,
+            results: self.results,
+            duration_micros: self.duration_micros,
+            client_address: self.client_address,
+        })
+    }
+}
+
+impl StoredRecord for AccessEvent {
+    const RECORD: &'static str = "access_event";
+
+    fn arrow_schema() -> SchemaRef {
+        Arc::new(Schema::new(access_event_fields()))
+    }
+
+    fn to_record_batch(records: &[Self]) -> Result<RecordBatch, RecordBatchError> {
+        let rows: Vec<AccessEventRow> = records.iter().map(AccessEventRow::from_event).collect();
+        rows_to_batch(&field_refs(access_event_fields()), &rows)
+    }
+
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError> {
+        records.iter().map(|record| json_row(&AccessEventRow::from_event(record), Self::RECORD)).collect()
+    }
+
+    fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {
+        let rows: Vec<AccessEventRow> = batch_to_rows(batch, &field_refs(access_event_fields()), Self::RECORD)?;
+        rows.into_iter()
+            .enumerate()
+            .map(|(index, row)| row.into_event().map_err(invalid(Self::RECORD, index)))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Where archived priced interactions sit in their partition's Merkle log
+
+/// Column of the archived priced interactions: the partition whose Merkle log holds the
+/// row. Null when the archive keeps no Merkle log.
+pub const MERKLE_PARTITION: &str = "merkle_partition";
+/// Column of the archived priced interactions: the row's leaf index in that log.
+pub const MERKLE_LEAF: &str = "merkle_leaf";
+
+/// The Arrow schema of archived priced interactions: [`PricedInteraction`]'s layout and the
+/// two Merkle log columns, which are not part of the event (nor of its leaf hash).
+pub fn archived_priced_schema() -> SchemaRef {
+    let mut fields: Vec<Field> =
+        PricedInteraction::arrow_schema().fields().iter().map(|field| (**field).clone()).collect();
+    fields.push(Field::new(MERKLE_PARTITION, DataType::Int32, true));
+    fields.push(Field::new(MERKLE_LEAF, DataType::UInt64, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// `batch` of priced interactions with the Merkle log columns added: its rows are leaves
+/// `first_leaf..` of `partition`'s log, in row order.
+pub fn with_merkle_position(
+    batch: &RecordBatch,
+    partition: i32,
+    first_leaf: u64,
+) -> Result<RecordBatch, RecordBatchError> {
+    use arrow::array::{ArrayRef, Int32Array, UInt64Array};
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(Arc::new(Int32Array::from(vec![partition; rows])));
+    columns.push(Arc::new(UInt64Array::from_iter_values((0..rows as u64).map(|row| first_leaf + row))));
+    RecordBatch::try_new(archived_priced_schema(), columns)
+        .map_err(|error| RecordBatchError::Schema { record: PricedInteraction::RECORD, message: error.to_string() })
 }

@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 
 use crate::dead_letter::DeadLetterReason;
 use crate::{
-    DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision, SCHEMA_VERSION,
-    SubjectUpdate,
+    AccessEvent, DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision,
+    SCHEMA_VERSION, SubjectUpdate,
 };
 
 /// An event that travels over the log as JSON.
@@ -154,5 +154,6 @@ impl_event!(PricedInteraction, "priced_interaction", PricedInteraction::validate
 impl_event!(QuotaDecision, "quota_decision", QuotaDecision::validate);
 impl_event!(PolicyViolation, "policy_violation", PolicyViolation::validate);
 impl_event!(GovernanceChange, "governance_change", GovernanceChange::validate);
+impl_event!(AccessEvent, "access_event", AccessEvent::validate);
 impl_event!(DeadLetter, "dead_letter", |_| Ok(()));
 impl_event!(SubjectUpdate, "subject_update", SubjectUpdate::validate);

@@ -7,8 +7,8 @@
 use schemars::{JsonSchema, schema_for};
 
 use crate::{
-    BudgetSpec, DeadLetter, Event, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision,
-    SubjectUpdate,
+    AccessEvent, BudgetSpec, DeadLetter, Event, GovernanceChange, Interaction, PolicyViolation, PricedInteraction,
+    QuotaDecision, SubjectUpdate,
 };
 
 /// `(file name, pretty-printed schema)` for every event type.
@@ -19,6 +19,7 @@ pub fn all() -> Vec<(String, String)> {
         document::<QuotaDecision>(),
         document::<PolicyViolation>(),
         document::<GovernanceChange>(),
+        document::<AccessEvent>(),
         document::<DeadLetter>(),
         document::<SubjectUpdate>(),
         value_document::<BudgetSpec>("budget_spec"),

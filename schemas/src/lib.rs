@@ -2,7 +2,7 @@
 //!
 //! Every event that travels over the log (Kafka or the embedded log) is defined here:
 //! [`Interaction`], [`PricedInteraction`], [`QuotaDecision`], [`PolicyViolation`],
-//! [`GovernanceChange`], [`DeadLetter`], and the processor's internal [`SubjectUpdate`]. For each this crate owns
+//! [`GovernanceChange`], [`AccessEvent`], [`DeadLetter`], and the processor's internal [`SubjectUpdate`]. For each this crate owns
 //!
 //! - the JSON wire encoding ([`encode`] / [`decode`]), versioned by a `schema_version`
 //!   field, with decode errors that name the problem instead of panicking;
@@ -21,6 +21,7 @@
 //! Arrow/ClickHouse columns use the OpenTelemetry attribute name with `.` replaced by `_`
 //! (`gen_ai.request.model` becomes `gen_ai_request_model`), so SQL never needs quoting.
 
+mod access;
 pub mod archive;
 pub mod arrow;
 mod budget;
@@ -36,6 +37,7 @@ mod quota;
 pub mod topics;
 mod violation;
 
+pub use access::{AccessEvent, MAX_ACCESS_QUERY_BYTES, cut_access_query};
 pub use budget::{BudgetSpec, SpendEntry, SubjectChange, SubjectUpdate};
 pub use codec::{DecodeError, EncodeError, Event, decode, encode};
 pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros};

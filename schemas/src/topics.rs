@@ -4,7 +4,8 @@
 //! fresh embedded log have the same layout.
 
 use crate::{
-    DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision, SubjectUpdate,
+    AccessEvent, DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision,
+    SubjectUpdate,
 };
 
 /// Every model and tool interaction, from the gateways. Keyed by key id.
@@ -18,6 +19,8 @@ pub const POLICY_VIOLATIONS: &str = "tollgate.policy-violations";
 /// Changes to keys, budgets, policies, providers and prices. One partition, so every
 /// service applies changes in the same order. Keyed by target.
 pub const GOVERNANCE: &str = "tollgate.governance";
+/// Every authenticated query API request: who read what, and when. Keyed by token name.
+pub const ACCESS: &str = "tollgate.access";
 /// Messages a consumer could not use, with the reason. Keyed like the original.
 pub const DEAD_LETTER: &str = "tollgate.dead-letter";
 /// The processor's repartition topic: spend and budget changes re-keyed by budget subject
@@ -38,12 +41,13 @@ pub struct TopicSpec {
 }
 
 /// Every topic Tollgate uses, with its default layout.
-pub const ALL: [TopicSpec; 8] = [
+pub const ALL: [TopicSpec; 9] = [
     TopicSpec { name: INTERACTIONS, partitions: 8, compacted: false },
     TopicSpec { name: PRICED_INTERACTIONS, partitions: 8, compacted: false },
     TopicSpec { name: QUOTA_DECISIONS, partitions: 4, compacted: true },
     TopicSpec { name: POLICY_VIOLATIONS, partitions: 4, compacted: false },
     TopicSpec { name: GOVERNANCE, partitions: 1, compacted: false },
+    TopicSpec { name: ACCESS, partitions: 1, compacted: false },
     TopicSpec { name: DEAD_LETTER, partitions: 1, compacted: false },
     TopicSpec { name: SUBJECT_UPDATES, partitions: 8, compacted: false },
     TopicSpec { name: PROCESSOR_CHECKPOINTS, partitions: 8, compacted: false },
@@ -94,6 +98,13 @@ impl Keyed for SubjectUpdate {
     const TOPIC: &'static str = SUBJECT_UPDATES;
     fn message_key(&self) -> String {
         self.subject.key()
+    }
+}
+
+impl Keyed for AccessEvent {
+    const TOPIC: &'static str = ACCESS;
+    fn message_key(&self) -> String {
+        self.token_name.clone()
     }
 }
 

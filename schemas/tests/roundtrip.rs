@@ -53,6 +53,9 @@ proptest! {
     fn governance_change_json(event in strategies::governance_change()) { json_round_trip(&event)?; }
 
     #[test]
+    fn access_event_json(event in strategies::access_event()) { json_round_trip(&event)?; }
+
+    #[test]
     fn dead_letter_json(event in strategies::dead_letter()) { json_round_trip(&event)?; }
 
     #[test]
@@ -69,6 +72,9 @@ proptest! {
 
     #[test]
     fn governance_change_arrow(events in vec(strategies::governance_change(), 0..8)) { arrow_round_trip(&events)?; }
+
+    #[test]
+    fn access_event_arrow(events in vec(strategies::access_event(), 0..8)) { arrow_round_trip(&events)?; }
 
     /// Decoding arbitrary bytes never panics; it returns an event or a typed error.
     #[test]

@@ -247,6 +247,27 @@ const MIGRATIONS: &[Migration] = &[
         ORDER BY (event_date, id)",
         ],
     },
+    Migration {
+        version: 3,
+        name: "access_events",
+        statements: &["CREATE TABLE IF NOT EXISTS access_events (
+            id String,
+            time Int64,
+            event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
+            schema_version UInt16,
+            token_name String,
+            role String,
+            method String,
+            path String,
+            query Nullable(String),
+            status UInt16,
+            results Nullable(UInt64),
+            duration_micros Int64,
+            client_address Nullable(String)
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(event_date)
+        ORDER BY (event_date, token_name, id)"],
+    },
 ];
 
 const MIGRATIONS_TABLE: &str = "tollgate_schema_migrations";

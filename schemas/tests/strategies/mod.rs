@@ -366,6 +366,31 @@ pub fn governance_change() -> impl Strategy<Value = GovernanceChange> {
         })
 }
 
+pub fn access_event() -> impl Strategy<Value = AccessEvent> {
+    (
+        (uuid_v7(), micros(), ident()),
+        prop_oneof![Just("finance"), Just("auditor"), Just("admin")],
+        (ident(), option::of(text())),
+        (100u16..600, option::of(any::<u64>()), any::<i64>(), option::of(text())),
+    )
+        .prop_map(|((id, time, token_name), role, (path, query), (status, results, duration, client))| {
+            AccessEvent {
+                schema_version: SCHEMA_VERSION,
+                id,
+                time_unix_micros: time,
+                token_name,
+                role: role.to_owned(),
+                method: "GET".to_owned(),
+                path: format!("/v1/{path}"),
+                query: query.map(|query| tollgate_schemas::cut_access_query(&query)),
+                status,
+                results,
+                duration_micros: duration,
+                client_address: client,
+            }
+        })
+}
+
 pub fn dead_letter() -> impl Strategy<Value = DeadLetter> {
     (
         source_offset(),
