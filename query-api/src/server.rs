@@ -62,6 +62,14 @@ pub struct QueryApiConfig {
     /// `properties` for SASL/TLS, ...). Without it the binary uses the embedded log.
     #[serde(default)]
     pub kafka: Option<tollgate_eventlog::KafkaConfig>,
+    /// Which store answers reports, searches and listings: `parquet` (DataFusion over the
+    /// archive, the default) or `clickhouse` (the tables of `[clickhouse]`). Inclusion
+    /// proofs and verification always come from the archive.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// ClickHouse, for `backend = "clickhouse"`.
+    #[serde(default)]
+    pub clickhouse: Option<crate::clickhouse::ClickHouseConnection>,
     /// The verifier key of the archive's Merkle log (`name+id+key`, from `tollgate
     /// keygen`). With it the API checks the proofs it returns and serves `/v1/verify`.
     #[serde(default)]
@@ -94,6 +102,8 @@ impl Default for QueryApiConfig {
             archive_options: BTreeMap::new(),
             max_page_size: default_max_page(),
             kafka: None,
+            backend: BackendKind::default(),
+            clickhouse: None,
             verifier_key: None,
             access_log_timeout_ms: default_access_log_timeout_ms(),
             tokens: Vec::new(),
@@ -101,9 +111,68 @@ impl Default for QueryApiConfig {
     }
 }
 
+/// The store that answers queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    #[default]
+    Parquet,
+    Clickhouse,
+}
+
+/// The store that answers queries, by [`BackendKind`].
+#[derive(Debug, Clone)]
+enum Backend {
+    Parquet(ParquetStore),
+    ClickHouse(Box<crate::clickhouse::ClickHouseQueries>),
+}
+
+impl Backend {
+    async fn cost_report(&self, query: &CostQuery) -> Result<Vec<crate::store::CostLine>, ApiError> {
+        match self {
+            Backend::Parquet(store) => store.cost_report(query).await,
+            Backend::ClickHouse(store) => store.cost_report(query).await,
+        }
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<crate::store::Page, ApiError> {
+        match self {
+            Backend::Parquet(store) => store.search(query).await,
+            Backend::ClickHouse(store) => store.search(query).await,
+        }
+    }
+
+    async fn interaction(&self, id: uuid::Uuid) -> Result<Option<crate::store::InteractionDetail>, ApiError> {
+        match self {
+            Backend::Parquet(store) => store.interaction(id).await,
+            Backend::ClickHouse(store) => store.interaction(id).await,
+        }
+    }
+
+    async fn list<E: crate::store::Listed>(&self, query: &ListQuery) -> Result<crate::store::EventPage<E>, ApiError> {
+        match self {
+            Backend::Parquet(store) => store.list(query).await,
+            Backend::ClickHouse(store) => store.list(query).await,
+        }
+    }
+
+    async fn budget_status(
+        &self,
+        subject: Option<(String, String)>,
+        now: i64,
+    ) -> Result<Vec<crate::store::BudgetStatus>, ApiError> {
+        match self {
+            Backend::Parquet(store) => store.budget_status(subject, now).await,
+            Backend::ClickHouse(store) => store.budget_status(subject, now).await,
+        }
+    }
+}
+
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("tokens: {0}")]
     Tokens(String),
     #[error(transparent)]
@@ -285,7 +354,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 pub(crate) struct AppState {
-    store: ParquetStore,
+    store: Backend,
+    /// The archive's tables, for the Merkle log columns whatever the backend.
+    parquet: ParquetStore,
     archive: Archive,
     verifier_key: Option<String>,
     pub(crate) tokens: Tokens,
@@ -323,10 +394,20 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
             checkpoint: String::new(),
         };
         tollgate_archive::transparency::check_inclusion_proof(&probe, key)
-            .map_err(|error| StartError::Tokens(format!("verifier_key: {error}")))?;
+            .map_err(|error| StartError::Config(format!("verifier_key: {error}")))?;
     }
+    let backend = match config.backend {
+        BackendKind::Parquet => Backend::Parquet(store.clone()),
+        BackendKind::Clickhouse => {
+            let connection = config.clickhouse.as_ref().ok_or_else(|| {
+                StartError::Config("backend = \"clickhouse\" needs a [clickhouse] section with its url".to_owned())
+            })?;
+            Backend::ClickHouse(Box::new(crate::clickhouse::ClickHouseQueries::new(connection)))
+        }
+    };
     let state = Arc::new(AppState {
-        store,
+        store: backend,
+        parquet: store,
         archive,
         verifier_key: config.verifier_key.clone(),
         tokens,
@@ -614,7 +695,7 @@ struct ProofAnswer {
 async fn inclusion(state: &AppState, record: &tollgate_schemas::PricedInteraction) -> Result<ProofAnswer, ApiError> {
     use tollgate_archive::transparency;
     let internal = |error: tollgate_archive::ArchiveError| ApiError::internal(error.to_string());
-    let Some((partition, leaf_index)) = state.store.merkle_position(record.interaction.id).await? else {
+    let Some((partition, leaf_index)) = state.parquet.merkle_position(record.interaction.id).await? else {
         // A stored row without its place in a log the archive keeps was written before
         // the log was, or was rewritten since: nothing can prove it.
         if transparency::keeps_log(&state.archive).await.map_err(internal)? {
@@ -978,6 +1059,15 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../../query-api.example.toml");
+        let config: QueryApiConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.backend, BackendKind::Parquet);
+        assert_eq!(config.access_log_timeout_ms, 10_000);
+        assert!(config.tokens.is_empty() && config.kafka.is_none() && config.verifier_key.is_none());
+    }
 
     #[tokio::test]
     async fn an_empty_archive_answers_with_nothing() {

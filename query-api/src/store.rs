@@ -76,7 +76,7 @@ pub struct InteractionDetail {
 }
 
 /// Cuts a page fetched with one row more than `limit` and says where the next starts.
-fn cut<T>(rows: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> (i64, uuid::Uuid)) -> Option<String> {
+pub(crate) fn cut<T>(rows: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> (i64, uuid::Uuid)) -> Option<String> {
     if rows.len() <= limit {
         return None;
     }
@@ -428,33 +428,34 @@ impl ParquetStore {
              ORDER BY subject_kind, subject_id, budget_id"
         );
         let decisions: Vec<QuotaDecision> = self.bound_records(&sql, bind).await?;
-        Ok(decisions
-            .into_iter()
-            .map(|decision| {
-                let start = decision.window.start_unix_micros;
-                let forecast = decision.window.end_unix_micros.and_then(|end| {
-                    let elapsed = now.clamp(start, end) - start;
-                    (elapsed > 0).then(|| {
-                        let projected = i128::from(decision.spent.0) * i128::from(end - start) / i128::from(elapsed);
-                        i64::try_from(projected).unwrap_or(i64::MAX)
-                    })
-                });
-                BudgetStatus {
-                    subject: decision.subject.key(),
-                    budget_id: decision.budget_id,
-                    window: decision.window.kind,
-                    window_start_unix_micros: start,
-                    window_end_unix_micros: decision.window.end_unix_micros,
-                    budget_nanos: decision.budget.0,
-                    spent_nanos: decision.spent.0,
-                    remaining_nanos: decision.remaining.0,
-                    state: decision.state,
-                    hard: decision.hard,
-                    forecast_nanos: forecast,
-                    as_of_unix_micros: decision.time_unix_micros,
-                }
-            })
-            .collect())
+        Ok(decisions.into_iter().map(|decision| budget_status(decision, now)).collect())
+    }
+}
+
+/// Where the budget of `decision` (its newest) stands at `now`, with the spend forecast to
+/// the end of its window at the window's average rate so far.
+pub(crate) fn budget_status(decision: QuotaDecision, now: i64) -> BudgetStatus {
+    let start = decision.window.start_unix_micros;
+    let forecast = decision.window.end_unix_micros.and_then(|end| {
+        let elapsed = now.clamp(start, end) - start;
+        (elapsed > 0).then(|| {
+            let projected = i128::from(decision.spent.0) * i128::from(end - start) / i128::from(elapsed);
+            i64::try_from(projected).unwrap_or(i64::MAX)
+        })
+    });
+    BudgetStatus {
+        subject: decision.subject.key(),
+        budget_id: decision.budget_id,
+        window: decision.window.kind,
+        window_start_unix_micros: start,
+        window_end_unix_micros: decision.window.end_unix_micros,
+        budget_nanos: decision.budget.0,
+        spent_nanos: decision.spent.0,
+        remaining_nanos: decision.remaining.0,
+        state: decision.state,
+        hard: decision.hard,
+        forecast_nanos: forecast,
+        as_of_unix_micros: decision.time_unix_micros,
     }
 }
 

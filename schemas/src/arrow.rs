@@ -357,6 +357,98 @@ impl InteractionRow {
 }
 
 /// Shared plumbing: rows of type `Row` <-> batch with `fields`.
+/// Records of `R` from flat rows in the shape ClickHouse returns them (`JSONEachRow` of
+/// a table made after [`StoredRecord::arrow_schema`]): booleans as `0`/`1`, a list of
+/// objects as one array per field named `column.field` (a `Nested` column), and columns
+/// the table keeps elsewhere (captured content) absent, read as null or false.
+pub fn from_json_rows<R: StoredRecord>(rows: Vec<JsonRow>) -> Result<Vec<R>, RecordBatchError> {
+    let schema = R::arrow_schema();
+    let mut normalized = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        for field in schema.fields() {
+            let name = field.name();
+            match field.data_type() {
+                DataType::Boolean => {
+                    let value = match row.get(name) {
+                        Some(serde_json::Value::Number(number)) => serde_json::Value::Bool(number.as_u64() != Some(0)),
+                        Some(value @ serde_json::Value::Bool(_)) => value.clone(),
+                        _ if field.is_nullable() => serde_json::Value::Null,
+                        _ => serde_json::Value::Bool(false),
+                    };
+                    row.insert(name.clone(), value);
+                }
+                DataType::List(item) => {
+                    if let DataType::Struct(members) = item.data_type() {
+                        let mut items: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
+                        for member in members {
+                            let key = format!("{name}.{}", member.name());
+                            if let Some(serde_json::Value::Array(values)) = row.remove(&key) {
+                                items.resize_with(items.len().max(values.len()), Default::default);
+                                for (item, value) in items.iter_mut().zip(values) {
+                                    item.insert(member.name().clone(), value);
+                                }
+                            }
+                        }
+                        if !row.contains_key(name) {
+                            let items = items.into_iter().map(serde_json::Value::Object).collect();
+                            row.insert(name.clone(), serde_json::Value::Array(items));
+                        }
+                    }
+                }
+                _ => {
+                    if !row.contains_key(name) {
+                        row.insert(name.clone(), serde_json::Value::Null);
+                    }
+                }
+            }
+        }
+        // Columns the layout does not have (a table may carry more) are not read.
+        row.retain(|name, _| schema.field_with_name(name).is_ok());
+        normalized.push(row);
+    }
+    let signed: Vec<Signed<'_>> = normalized.iter().map(Signed::Object).collect();
+    let batch = rows_to_batch(schema.fields(), &signed)?;
+    R::from_record_batch(&batch)
+}
+
+/// A JSON value that serializes its whole numbers as `i64` where they fit (serde_json
+/// holds every non-negative number as `u64`, which Arrow's signed and timestamp builders
+/// refuse).
+enum Signed<'a> {
+    Object(&'a serde_json::Map<String, serde_json::Value>),
+    Value(&'a serde_json::Value),
+}
+
+impl Serialize for Signed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let object = |map: &serde_json::Map<String, serde_json::Value>, serializer: S| {
+            let mut out = serializer.serialize_map(Some(map.len()))?;
+            for (key, value) in map {
+                out.serialize_entry(key, &Signed::Value(value))?;
+            }
+            out.end()
+        };
+        match self {
+            Signed::Object(map) => object(map, serializer),
+            Signed::Value(serde_json::Value::Object(map)) => object(map, serializer),
+            Signed::Value(serde_json::Value::Array(items)) => {
+                let mut out = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    out.serialize_element(&Signed::Value(item))?;
+                }
+                out.end()
+            }
+            Signed::Value(serde_json::Value::Number(number)) => match (number.as_i64(), number.as_u64()) {
+                (Some(signed), _) => serializer.serialize_i64(signed),
+                (None, Some(unsigned)) => serializer.serialize_u64(unsigned),
+                _ => serializer.serialize_f64(number.as_f64().unwrap_or(f64::NAN)),
+            },
+            Signed::Value(value) => value.serialize(serializer),
+        }
+    }
+}
+
 fn rows_to_batch<Row: Serialize>(fields: &[FieldRef], rows: &[Row]) -> Result<RecordBatch, RecordBatchError> {
     Ok(serde_arrow::to_record_batch(fields, &rows)?)
 }

@@ -31,7 +31,43 @@ fn arrow_round_trip<R: StoredRecord + PartialEq + std::fmt::Debug>(records: &[R]
     for row in &rows {
         prop_assert_eq!(&row.keys().cloned().collect::<std::collections::BTreeSet<_>>(), &columns);
     }
+    // And the rows as ClickHouse returns them read back unchanged.
+    let from_clickhouse: Vec<R> =
+        tollgate_schemas::arrow::from_json_rows(rows.into_iter().map(clickhouse_shape).collect())
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+    prop_assert_eq!(from_clickhouse.as_slice(), records);
     Ok(())
+}
+
+/// A flat row as ClickHouse's `JSONEachRow` gives it back: booleans as 0/1, a list of
+/// objects as one array per field (`column.field`), nulls of nullable columns as null.
+fn clickhouse_shape(row: tollgate_schemas::arrow::JsonRow) -> tollgate_schemas::arrow::JsonRow {
+    use serde_json::Value;
+    let mut shaped = serde_json::Map::new();
+    for (name, value) in row {
+        match value {
+            Value::Bool(flag) => {
+                shaped.insert(name, Value::from(u8::from(flag)));
+            }
+            Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+                let mut columns: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+                for item in items {
+                    if let Value::Object(fields) = item {
+                        for (field, value) in fields {
+                            columns.entry(format!("{name}.{field}")).or_default().push(value);
+                        }
+                    }
+                }
+                for (column, values) in columns {
+                    shaped.insert(column, Value::Array(values));
+                }
+            }
+            other => {
+                shaped.insert(name, other);
+            }
+        }
+    }
+    shaped
 }
 
 proptest! {
