@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog};
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, LogError, PendingAck, Record, Subscription};
 use tollgate_processor::ProcessorConfig;
 use tollgate_processor::archive::caught_up;
 use tollgate_processor::config::ArchiveConfig;
@@ -523,21 +523,177 @@ async fn every_request_is_in_the_access_log_and_only_auditors_read_it() {
     assert_eq!(access_events(&log).await, requests.len() as i64 + 4);
 }
 
+/// A log that works but refuses every access event.
+#[derive(Debug)]
+struct RefusingAccess(Arc<dyn EventLog>);
+
+#[async_trait::async_trait]
+impl EventLog for RefusingAccess {
+    async fn ensure_topic(&self, name: &str, partitions: i32, compacted: bool) -> Result<(), LogError> {
+        self.0.ensure_topic(name, partitions, compacted).await
+    }
+    fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+        if topic == ACCESS { Err(LogError::Closed) } else { self.0.publish(topic, key, payload) }
+    }
+    fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+        self.0.publish_to(topic, partition, key, payload)
+    }
+    async fn read(&self, topic: &str, partition: i32, from: i64, max: usize) -> Result<Vec<Record>, LogError> {
+        self.0.read(topic, partition, from, max).await
+    }
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Subscription>, LogError> {
+        self.0.subscribe(group, topics).await
+    }
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, LogError> {
+        self.0.end_offsets(topic).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_access_log_cannot_record_is_not_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let (root, _log) = archived(dir.path(), &workload(10, 2, START)).await;
-    // A Kafka cluster that is not there: the access event is never acknowledged.
-    let mut kafka = tollgate_eventlog::KafkaConfig::new("127.0.0.1:9".to_owned());
-    kafka.producer_properties.insert("message.timeout.ms".to_owned(), "60000".to_owned());
-    let unreachable: Arc<dyn EventLog> = Arc::new(tollgate_eventlog::KafkaLog::connect(kafka).unwrap());
-    let api =
-        serve(&root, unreachable, QueryApiConfig { access_log_timeout_ms: 300, ..QueryApiConfig::default() }).await;
-    let (status, body) = api.get(Some("auditor-token"), "/v1/interactions").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["error"]["code"], "access_log_unavailable");
-    assert!(body.get("interactions").is_none(), "no data leaves without its access record");
+    let (root, log) = archived(dir.path(), &workload(10, 2, START)).await;
+    let refusing: Arc<dyn EventLog> = Arc::new(RefusingAccess(Arc::clone(&log)));
+    let api = serve(&root, refusing, QueryApiConfig::default()).await;
+    for path in ["/v1/interactions", "/v1/reports/cost?from=2026-11-26&to=2026-11-28", "/v1/access"] {
+        let (status, body) = api.get(Some("auditor-token"), path).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "access_log_unavailable");
+        assert!(
+            body.get("interactions").is_none() && body.get("lines").is_none(),
+            "no data leaves without its access record"
+        );
+    }
+    assert_eq!(access_events(&log).await, 0);
     // Liveness does not depend on the log.
     assert_eq!(api.get(None, "/healthz").await.0, StatusCode::OK);
+}
+
+/// An API on `log` over the archive at `root` with an admin token `ops-token`.
+async fn replica(root: &str, log: &Arc<dyn EventLog>) -> Api {
+    let config = QueryApiConfig {
+        archive: root.to_owned(),
+        tokens: vec![TokenConfig { name: "ops".into(), sha256: token_hash("ops-token"), role: Role::Admin }],
+        ..QueryApiConfig::default()
+    };
+    let router = tollgate_query_api::server::router(&config, Arc::clone(log)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+    Api { base, client: reqwest::Client::new() }
+}
+
+impl Api {
+    async fn send(&self, method: reqwest::Method, token: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Waits until `token` gets `want` from `api`'s cost report.
+async fn until_status(api: &Api, token: &str, want: StatusCode) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if api.get(Some(token), "/v1/reports/cost?from=2026-11-26&to=2026-11-28").await.0 == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{token} never got {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_make_and_revoke_tokens_that_every_replica_follows() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, log) = archived(dir.path(), &workload(10, 6, START)).await;
+    let (first, second) = (replica(&root, &log).await, replica(&root, &log).await);
+
+    // Made on one replica: shown once, works there at once and on the other soon after.
+    let (status, made) = first
+        .send(
+            Method::POST,
+            "ops-token",
+            "/v1/admin/tokens",
+            Some(serde_json::json!({"name": "ledger", "role": "finance"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let ledger = made["token"].as_str().unwrap().to_owned();
+    assert_eq!(first.get(Some(&ledger), "/v1/reports/cost?from=2026-11-26&to=2026-11-28").await.0, StatusCode::OK);
+    until_status(&second, &ledger, StatusCode::OK).await;
+    // A finance token sees finance answers only, and cannot administer.
+    assert_eq!(second.get(Some(&ledger), "/v1/violations").await.0, StatusCode::FORBIDDEN);
+    let (status, _) = second.send(Method::GET, &ledger, "/v1/admin/tokens", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, listed) = second.send(Method::GET, "ops-token", "/v1/admin/tokens", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> =
+        listed["tokens"].as_array().unwrap().iter().map(|token| token["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ledger", "ops"]);
+    assert!(!listed.to_string().contains(&ledger), "tokens are never listed");
+
+    // Bad requests name the field.
+    for (body, field) in [
+        (serde_json::json!({"name": "x y", "role": "finance"}), "name"),
+        (serde_json::json!({"name": "ok", "role": "root"}), "role"),
+        (serde_json::json!({"name": "ok"}), "body"),
+    ] {
+        let (status, error) = first.send(Method::POST, "ops-token", "/v1/admin/tokens", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["error"]["parameter"], field);
+    }
+    assert_eq!(first.send(Method::DELETE, "ops-token", "/v1/admin/tokens/nobody", None).await.0, StatusCode::NOT_FOUND);
+
+    // Replaced (rotation): the old token stops working everywhere.
+    let (status, rotated) = second
+        .send(
+            Method::POST,
+            "ops-token",
+            "/v1/admin/tokens",
+            Some(serde_json::json!({"name": "ledger", "role": "auditor"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(rotated["replaced"], true);
+    let rotated = rotated["token"].as_str().unwrap().to_owned();
+    until_status(&first, &ledger, StatusCode::UNAUTHORIZED).await;
+    until_status(&first, &rotated, StatusCode::OK).await;
+
+    // Revoked on one replica, refused on both; a replica started later never accepts it.
+    let (status, _) = first.send(Method::DELETE, "ops-token", "/v1/admin/tokens/ledger", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first.get(Some(&rotated), "/v1/budgets").await.0, StatusCode::UNAUTHORIZED);
+    until_status(&second, &rotated, StatusCode::UNAUTHORIZED).await;
+    let third = replica(&root, &log).await;
+    assert_eq!(third.get(Some(&rotated), "/v1/budgets").await.0, StatusCode::UNAUTHORIZED);
+    let (status, _) = third
+        .send(
+            Method::POST,
+            "ops-token",
+            "/v1/admin/tokens",
+            Some(serde_json::json!({"name": "late", "role": "auditor"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Every change is a governance event naming the admin, with only the token's hash.
+    let mut changes = Vec::new();
+    for record in log.read(tollgate_schemas::topics::GOVERNANCE, 0, 0, 1_000).await.unwrap() {
+        let change: tollgate_schemas::GovernanceChange = tollgate_schemas::decode(&record.payload).unwrap();
+        if change.target.kind == tollgate_schemas::TargetKind::ApiToken {
+            assert_eq!(change.actor.id, "ops");
+            assert!(!record.payload.windows(ledger.len()).any(|window| window == ledger.as_bytes()));
+            changes.push((change.target.id, change.action.as_str()));
+        }
+    }
+    let expected = [("ledger", "created"), ("ledger", "rotated"), ("ledger", "revoked"), ("late", "created")];
+    let expected: Vec<(String, &str)> = expected.iter().map(|(name, action)| ((*name).to_owned(), *action)).collect();
+    assert_eq!(changes, expected);
 }

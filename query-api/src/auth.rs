@@ -6,7 +6,7 @@
 //! - `finance`: costs, budgets and interaction metadata; never captured content, never
 //!   the access log;
 //! - `auditor`: everything, captured content and the access log included;
-//! - `admin`: everything an auditor sees, and token management.
+//! - `admin`: everything an auditor sees, and token management ([`crate::admin`]).
 
 use std::collections::HashMap;
 
@@ -77,6 +77,30 @@ impl Tokens {
             by_hash.insert(hash, Caller { name: config.name.clone(), role: config.role });
         }
         Ok(Tokens { by_hash })
+    }
+
+    /// Adds (or replaces) the token with SHA-256 `hash` (hex).
+    pub fn insert(&mut self, name: &str, role: Role, hash: &str) -> Result<(), String> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hash.trim(), &mut bytes)
+            .map_err(|_| format!("token `{name}`: sha256 must be 64 hex digits"))?;
+        self.revoke(name);
+        self.by_hash.insert(bytes, Caller { name: name.to_owned(), role });
+        Ok(())
+    }
+
+    /// Removes every token named `name`; whether there was one.
+    pub fn revoke(&mut self, name: &str) -> bool {
+        let before = self.by_hash.len();
+        self.by_hash.retain(|_, caller| caller.name != name);
+        self.by_hash.len() != before
+    }
+
+    /// The callers of every token, by name.
+    pub fn callers(&self) -> Vec<Caller> {
+        let mut callers: Vec<Caller> = self.by_hash.values().cloned().collect();
+        callers.sort_by(|a, b| a.name.cmp(&b.name));
+        callers
     }
 
     /// The caller presenting `token`, if it is known.

@@ -11,10 +11,14 @@
 //! Every authenticated request is recorded as an access event on the event log before
 //! its answer leaves ([`access`]); auditors read that log back through the API.
 //!
-//! This crate never writes to the stores: it has no sink and no migration, and the access
-//! events are its only output. Storage is the processor's job.
+//! Admins make and revoke API tokens through it ([`admin`]); those changes are governance
+//! events on the log, like every other rule change.
+//!
+//! This crate never writes to the stores: it has no sink and no migration; access events
+//! and token changes on the log are its only output. Storage is the processor's job.
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod clickhouse;
 pub mod focus;

@@ -15,6 +15,7 @@
 //! | `GET /v1/checkpoints` | auditor, admin | the Merkle log's newest signed checkpoint per partition |
 //! | `GET /v1/proofs/consistency` | auditor, admin | a consistency proof between two signed checkpoints |
 //! | `GET /v1/verify` | auditor, admin | the whole archive checked against the signed checkpoints |
+//! | `GET, POST /v1/admin/tokens`, `DELETE /v1/admin/tokens/{name}` | admin | list, make (or replace) and revoke tokens (see [`crate::admin`]) |
 //!
 //! Finance tokens never receive captured content: it is removed from every interaction
 //! before the response is made.
@@ -36,7 +37,7 @@ use tollgate_eventlog::EventLog;
 
 use crate::access::{AccessLog, Results};
 
-use crate::auth::{Caller, TokenConfig, Tokens};
+use crate::auth::{Caller, TokenConfig};
 use crate::params::{ApiError, Bucket, Cursor, GroupBy, Params};
 use crate::parquet::ParquetStore;
 use crate::store::{CostQuery, ListQuery, SearchQuery};
@@ -332,9 +333,12 @@ fn names<P: utoipa::IntoParams>() -> Vec<String> {
         access_log,
         checkpoints,
         consistency,
-        verify
+        verify,
+        list_tokens,
+        create_token,
+        revoke_token
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, NewToken)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -354,12 +358,13 @@ impl utoipa::Modify for BearerAuth {
 }
 
 pub(crate) struct AppState {
+    log: Arc<dyn EventLog>,
     store: Backend,
     /// The archive's tables, for the Merkle log columns whatever the backend.
     parquet: ParquetStore,
     archive: Archive,
     verifier_key: Option<String>,
-    pub(crate) tokens: Tokens,
+    pub(crate) tokens: Arc<crate::admin::TokenBook>,
     pub(crate) access: AccessLog,
     max_page: usize,
 }
@@ -373,7 +378,7 @@ fn counted(mut response: Response, results: usize) -> Response {
 /// The API's routes over the archive `config.archive`, recording every authenticated
 /// request on `log` (see [`crate::access`]).
 pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<Router, StartError> {
-    let tokens = Tokens::new(&config.tokens).map_err(StartError::Tokens)?;
+    let tokens = Arc::new(crate::admin::TokenBook::new(&config.tokens).map_err(StartError::Tokens)?);
     let archive = Archive::open(&config.archive, &config.archive_options)?;
     let store = ParquetStore::new();
     if config.archive.contains("://") {
@@ -382,7 +387,7 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
     } else {
         store.register_archive(std::path::Path::new(&config.archive)).await?;
     }
-    let access = AccessLog::new(log, Duration::from_millis(config.access_log_timeout_ms.max(1)));
+    let access = AccessLog::new(Arc::clone(&log), Duration::from_millis(config.access_log_timeout_ms.max(1)));
     if let Some(key) = &config.verifier_key {
         // A key that cannot verify anything is a configuration error, found at start.
         let probe = tollgate_archive::transparency::InclusionProof {
@@ -405,7 +410,17 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
             Backend::ClickHouse(Box::new(crate::clickhouse::ClickHouseQueries::new(connection)))
         }
     };
+    // Token changes made through the API: read them all before answering anything, so a
+    // revoked token is refused from the first request on.
+    let (caught_up, mut ready) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::admin::follow_forever(Arc::clone(&log), Arc::clone(&tokens), caught_up));
+    let wait = ready.wait_for(|caught_up| *caught_up);
+    match tokio::time::timeout(Duration::from_secs(60), wait).await {
+        Ok(Ok(_)) => {}
+        _ => return Err(StartError::Config("the governance topic could not be read within 60 s".to_owned())),
+    }
     let state = Arc::new(AppState {
+        log,
         store: backend,
         parquet: store,
         archive,
@@ -427,6 +442,8 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
         .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/proofs/consistency", get(consistency))
         .route("/v1/verify", get(verify))
+        .route("/v1/admin/tokens", get(list_tokens).post(create_token))
+        .route("/v1/admin/tokens/{name}", axum::routing::delete(revoke_token))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::access::guard));
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -436,7 +453,7 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
         .with_state(state))
 }
 
-pub(crate) fn authorize(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiError> {
+pub(crate) fn authorize(headers: &HeaderMap, tokens: &crate::admin::TokenBook) -> Result<Caller, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer TOKEN`"))?;
@@ -448,7 +465,7 @@ pub(crate) fn authorize(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, 
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token)
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
-    tokens.caller(token.trim()).cloned().ok_or_else(|| ApiError::unauthorized("unknown token"))
+    tokens.caller(token.trim()).ok_or_else(|| ApiError::unauthorized("unknown token"))
 }
 
 fn pairs(query: Option<String>) -> Vec<(String, String)> {
@@ -1045,6 +1062,107 @@ async fn verify(
     Ok(counted(Json(serde_json::json!({ "ok": ok, "partitions": reports })).into_response(), count))
 }
 
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.role == crate::auth::Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("token administration is for admin tokens"))
+    }
+}
+
+/// A token to make: its name (as the access log will name its holder) and role.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// 1 to 64 of `A-Z a-z 0-9 . _ -`. Making a token with the name of an existing one
+    /// replaces it (rotation): the old token stops working.
+    #[schema(example = "finance-eu")]
+    name: String,
+    /// finance, auditor or admin.
+    #[schema(example = "finance")]
+    role: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tokens",
+    responses(
+        (status = 200, description = "The name and role of every token in force (never the token)."),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Admin tokens only.", body = ErrorBody),
+    )
+)]
+async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    Params::new(pairs(query), &[] as &[&str])?;
+    let tokens = state.tokens.callers();
+    let count = tokens.len();
+    Ok(counted(Json(serde_json::json!({ "tokens": tokens })).into_response(), count))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tokens",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token, shown this once, with its name and role. The change is a governance event."),
+        (status = 400, description = "The body is not a valid token request; the body names the field.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Admin tokens only.", body = ErrorBody),
+    )
+)]
+async fn create_token(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let request: NewToken = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_parameter("body", format!("expected {{\"name\", \"role\"}}: {error}")))?;
+    if !crate::admin::valid_name(&request.name) {
+        return Err(ApiError::bad_parameter("name", "1 to 64 of A-Z a-z 0-9 . _ -"));
+    }
+    let role: crate::auth::Role = serde_json::from_value(serde_json::Value::String(request.role.clone()))
+        .map_err(|_| ApiError::bad_parameter("role", format!("`{}` is not finance, auditor or admin", request.role)))?;
+    let replaces = state.tokens.callers().iter().any(|existing| existing.name == request.name);
+    let action =
+        if replaces { tollgate_schemas::ChangeAction::Rotated } else { tollgate_schemas::ChangeAction::Created };
+    let (token, value) = crate::admin::new_token(&request.name, role);
+    let change = crate::admin::change(&caller, &request.name, action, Some(&value));
+    crate::admin::publish(state.log.as_ref(), &state.tokens, change).await?;
+    let body = serde_json::json!({ "name": value.name, "role": role.as_str(), "token": token, "replaced": replaces });
+    Ok(counted((axum::http::StatusCode::CREATED, Json(body)).into_response(), 1))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/tokens/{name}",
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 200, description = "Revoked; the change is a governance event."),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Admin tokens only.", body = ErrorBody),
+        (status = 404, description = "No token of that name.", body = ErrorBody),
+    )
+)]
+async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    if !state.tokens.callers().iter().any(|existing| existing.name == name) {
+        return Err(ApiError::not_found(format!("no token named `{name}`")));
+    }
+    let change = crate::admin::change(&caller, &name, tollgate_schemas::ChangeAction::Revoked, None);
+    crate::admin::publish(state.log.as_ref(), &state.tokens, change).await?;
+    Ok(counted(Json(serde_json::json!({ "revoked": name })).into_response(), 1))
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -1075,7 +1193,9 @@ mod tests {
         let config = QueryApiConfig { archive: dir.path().display().to_string(), ..QueryApiConfig::default() };
         let log =
             tollgate_eventlog::EmbeddedLog::open(tollgate_eventlog::EmbeddedLogConfig::new(dir.path().join("log")));
-        let _router = router(&config, Arc::new(log.unwrap())).await.unwrap();
+        let log: Arc<dyn EventLog> = Arc::new(log.unwrap());
+        tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
+        let _router = router(&config, log).await.unwrap();
         let store = ParquetStore::new();
         store.register_archive(dir.path()).await.unwrap();
         let query = CostQuery {

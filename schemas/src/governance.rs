@@ -87,6 +87,8 @@ pub enum TargetKind {
     Provider,
     PriceCatalog,
     McpServer,
+    /// A query API token (`value`: `{"name", "role", "sha256"}`).
+    ApiToken,
 }
 
 impl TargetKind {
@@ -98,6 +100,7 @@ impl TargetKind {
             TargetKind::Provider => "provider",
             TargetKind::PriceCatalog => "price_catalog",
             TargetKind::McpServer => "mcp_server",
+            TargetKind::ApiToken => "api_token",
         }
     }
 
@@ -109,6 +112,7 @@ impl TargetKind {
             "provider" => Some(TargetKind::Provider),
             "price_catalog" => Some(TargetKind::PriceCatalog),
             "mcp_server" => Some(TargetKind::McpServer),
+            "api_token" => Some(TargetKind::ApiToken),
             _ => None,
         }
     }

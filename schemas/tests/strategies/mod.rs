@@ -339,6 +339,7 @@ pub fn governance_change() -> impl Strategy<Value = GovernanceChange> {
                 Just(TargetKind::Provider),
                 Just(TargetKind::PriceCatalog),
                 Just(TargetKind::McpServer),
+                Just(TargetKind::ApiToken),
             ],
             ident(),
         ),
