@@ -108,18 +108,13 @@ impl ClickHouseQueries {
             }
         }
         statement = statement.bind(query.range.from).bind(query.range.to);
-        let mut cursor = statement
-            .with_setting("output_format_json_quote_64bit_integers", "0")
-            .fetch_bytes("JSONEachRow")
-            .map_err(engine)?;
-        let bytes = cursor.collect().await.map_err(engine)?;
         let mut lines = Vec::new();
-        for line in bytes.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
-            let row: serde_json::Value = serde_json::from_slice(line).map_err(engine)?;
-            let int = |name: &str| row[name].as_i64().unwrap_or(0);
+        for row in json_rows(statement).await? {
+            let int = |name: &str| row.get(name).and_then(serde_json::Value::as_i64).unwrap_or(0);
             let mut groups = std::collections::BTreeMap::new();
             for grouping in &query.group_by {
-                groups.insert(grouping.as_str(), row[grouping.as_str()].as_str().map(str::to_owned));
+                let value = row.get(grouping.as_str()).and_then(serde_json::Value::as_str).map(str::to_owned);
+                groups.insert(grouping.as_str(), value);
             }
             let cost_nanos = int("cost_nanos");
             lines.push(CostLine {
@@ -144,16 +139,7 @@ impl ClickHouseQueries {
                 Value::Int(number) => statement.bind(*number),
             };
         }
-        let mut cursor = statement
-            .with_setting("output_format_json_quote_64bit_integers", "0")
-            .fetch_bytes("JSONEachRow")
-            .map_err(engine)?;
-        let bytes = cursor.collect().await.map_err(engine)?;
-        bytes
-            .split(|byte| *byte == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| serde_json::from_slice(line).map_err(engine))
-            .collect()
+        json_rows(statement).await
     }
 
     async fn records<R: tollgate_schemas::arrow::StoredRecord>(
@@ -177,15 +163,7 @@ impl ClickHouseQueries {
                 "SELECT id, captured_request, captured_response, content_redacted FROM interaction_content FINAL WHERE has(?, id)",
             );
             statement = statement.bind(&ids);
-            let bytes = statement
-                .with_setting("output_format_json_quote_64bit_integers", "0")
-                .fetch_bytes("JSONEachRow")
-                .map_err(engine)?
-                .collect()
-                .await
-                .map_err(engine)?;
-            for line in bytes.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
-                let content: JsonRow = serde_json::from_slice(line).map_err(engine)?;
+            for content in json_rows(statement).await? {
                 if let Some(id) = content.get("id").and_then(serde_json::Value::as_str) {
                     contents.insert(id.to_owned(), content);
                 }
@@ -301,6 +279,20 @@ impl ClickHouseQueries {
         let decisions: Vec<QuotaDecision> = self.records(&sql, bind).await?;
         Ok(decisions.into_iter().map(|decision| crate::store::budget_status(decision, now)).collect())
     }
+}
+
+/// The rows of `statement` as JSON objects (`JSONEachRow`, 64-bit integers unquoted).
+async fn json_rows(statement: clickhouse::query::Query) -> Result<Vec<JsonRow>, ApiError> {
+    let mut cursor = statement
+        .with_setting("output_format_json_quote_64bit_integers", "0")
+        .fetch_bytes("JSONEachRow")
+        .map_err(engine)?;
+    let bytes = cursor.collect().await.map_err(engine)?;
+    bytes
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).map_err(engine))
+        .collect()
 }
 
 /// A bound value.
