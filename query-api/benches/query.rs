@@ -7,8 +7,10 @@
 //! - a filtered auditor search: one team, one model, one day, the first page of 100.
 //!
 //! The archive is written in the processor's layout and format (zstd Parquet, one file
-//! per partition, offset range and date, 100,000 rows each). Each query runs once to warm
-//! up, then `TOLLGATE_BENCH_RUNS` times (default 5); the median is reported. The last
+//! per partition, offset range and date, 100,000 rows each). DataFusion and DuckDB are
+//! measured first; ClickHouse is loaded with the same rows afterwards, so its background
+//! merges do not disturb them. Each query runs once to warm up, then
+//! `TOLLGATE_BENCH_RUNS` times (default 5); the median is reported. The last
 //! line is `rows=N cost_report_ms=N search_ms=N duckdb_cost_report_ms=N duckdb_search_ms=N`.
 //!
 //! Environment: `TOLLGATE_BENCH_ROWS` (default 10,000,000), `TOLLGATE_BENCH_PYTHON` (a
@@ -87,9 +89,8 @@ fn chunk(pricer: &Pricer, first: usize, count: usize, total: usize) -> Vec<Price
         .collect()
 }
 
-/// Writes the archive under `root` (and loads ClickHouse when given); returns the bytes
-/// of Parquet written.
-async fn generate(root: &Path, rows: usize, clickhouse: Option<&ClickHouseSink>) -> u64 {
+/// Writes the archive under `root`; returns the bytes of Parquet written.
+fn generate(root: &Path, rows: usize) -> u64 {
     let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
     let mut bytes = 0;
     let mut next_offset = [0i64; PARTITIONS as usize];
@@ -115,15 +116,23 @@ async fn generate(root: &Path, rows: usize, clickhouse: Option<&ClickHouseSink>)
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, data).unwrap();
         }
-        if let Some(sink) = clickhouse {
-            for part in records.chunks(20_000) {
-                sink.insert_records("priced_interactions", part).await.unwrap();
-            }
-        }
         eprint!("\rgenerated {} of {rows} rows", first + count);
     }
     eprintln!();
     bytes
+}
+
+/// Loads the same records (generated again, identically) into ClickHouse.
+async fn load(sink: &ClickHouseSink, rows: usize) {
+    let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
+    for first in (0..rows).step_by(FILE_ROWS) {
+        let records = chunk(&pricer, first, FILE_ROWS.min(rows - first), rows);
+        for part in records.chunks(20_000) {
+            sink.insert_records("priced_interactions", part).await.unwrap();
+        }
+        eprint!("\rloaded {} of {rows} rows into ClickHouse", first + records.len());
+    }
+    eprintln!();
 }
 
 fn cost_query() -> CostQuery {
@@ -209,26 +218,12 @@ async fn main() {
         let database = format!("tollgate_bench_{}", std::process::id());
         (url, database)
     });
-    let sink = match &clickhouse {
-        Some((url, database)) => {
-            let sink = ClickHouseSink::new(&ClickHouseConfig {
-                url: url.clone(),
-                database: database.clone(),
-                user: None,
-                password: None,
-            });
-            sink.migrate().await.unwrap();
-            Some(sink)
-        }
-        None => None,
-    };
     let started = Instant::now();
-    let parquet_bytes = generate(&root, rows, sink.as_ref()).await;
+    let parquet_bytes = generate(&root, rows);
     let millions = rows as f64 / 1e6;
     println!(
-        "generated {rows} priced interactions (October 2026) in {:.0} s{}",
-        started.elapsed().as_secs_f64(),
-        if sink.is_some() { ", archived as Parquet and loaded into ClickHouse" } else { ", archived as Parquet" }
+        "generated {rows} priced interactions (October 2026) in {:.0} s, archived as Parquet",
+        started.elapsed().as_secs_f64()
     );
     println!(
         "parquet: {:.1} MiB in all, {:.1} MiB per million interactions",
@@ -251,7 +246,32 @@ async fn main() {
         page.interactions.len()
     );
 
+    let (duck_cost_ms, duck_search_ms) = match std::env::var("TOLLGATE_BENCH_PYTHON") {
+        Ok(python) => {
+            let (report_ms, search_ms, report_rows, duck_rows) = duckdb(&python, &root, runs);
+            assert_eq!(report_rows, lines.len(), "DuckDB finds as many report lines");
+            assert_eq!(duck_rows, search_rows, "DuckDB finds as many rows");
+            println!("duckdb: cost report {report_ms:.1} ms, search {search_ms:.1} ms (same files)");
+            (report_ms, search_ms)
+        }
+        Err(_) => {
+            println!("duckdb: skipped (TOLLGATE_BENCH_PYTHON is not set)");
+            (0.0, 0.0)
+        }
+    };
+
+    // ClickHouse last: loading it leaves background merges that would disturb the others.
     if let Some((url, database)) = &clickhouse {
+        let sink = ClickHouseSink::new(&ClickHouseConfig {
+            url: url.clone(),
+            database: database.clone(),
+            user: None,
+            password: None,
+        });
+        sink.migrate().await.unwrap();
+        let started = Instant::now();
+        load(&sink, rows).await;
+        println!("clickhouse: loaded in {:.0} s", started.elapsed().as_secs_f64());
         let queries = ClickHouseQueries::new(&ClickHouseConnection {
             url: url.clone(),
             database: database.clone(),
@@ -260,7 +280,6 @@ async fn main() {
         });
         let (ch_cost_ms, ch_lines) = time(runs, || async { queries.cost_report(&cost_query()).await.unwrap() }).await;
         assert_eq!(ch_lines, lines, "ClickHouse answers the report as DataFusion does");
-        let sink = sink.as_ref().unwrap();
         let search_sql = format!(
             "SELECT * FROM priced_interactions FINAL WHERE team_id = '{TEAM}' AND gen_ai_request_model = '{MODEL}' \
              AND time >= {DAY_START} AND time < {} ORDER BY time, id LIMIT 101",
@@ -284,19 +303,6 @@ async fn main() {
         println!("clickhouse: skipped (TOLLGATE_BENCH_CLICKHOUSE_URL is not set)");
     }
 
-    let (duck_cost_ms, duck_search_ms) = match std::env::var("TOLLGATE_BENCH_PYTHON") {
-        Ok(python) => {
-            let (report_ms, search_ms, report_rows, duck_rows) = duckdb(&python, &root, runs);
-            assert_eq!(report_rows, lines.len(), "DuckDB finds as many report lines");
-            assert_eq!(duck_rows, search_rows, "DuckDB finds as many rows");
-            println!("duckdb: cost report {report_ms:.1} ms, search {search_ms:.1} ms (same files)");
-            (report_ms, search_ms)
-        }
-        Err(_) => {
-            println!("duckdb: skipped (TOLLGATE_BENCH_PYTHON is not set)");
-            (0.0, 0.0)
-        }
-    };
     println!("on disk: {:.1} MiB under {}", du(&root) as f64 / 1_048_576.0, root.display());
     println!(
         "rows={rows} cost_report_ms={cost_ms:.0} search_ms={search_ms:.0} duckdb_cost_report_ms={duck_cost_ms:.0} duckdb_search_ms={duck_search_ms:.0}"
