@@ -386,10 +386,7 @@ impl QueryApi {
             }],
             ..Default::default()
         };
-        let router = tollgate_query_api::server::router(&config, log).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+        let base = tollgate_query_api::server::serve_in_background(&config, log).await.unwrap();
         QueryApi { base, client: reqwest::Client::new() }
     }
 

@@ -222,10 +222,7 @@ async fn datafusion_and_clickhouse_give_the_same_answers() {
             }],
             ..QueryApiConfig::default()
         };
-        let router = tollgate_query_api::server::router(&config, Arc::clone(&log)).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+        let base = tollgate_query_api::server::serve_in_background(&config, Arc::clone(&log)).await.unwrap();
         let client = reqwest::Client::new();
         let mut answers = Vec::new();
         for path in [

@@ -263,10 +263,7 @@ async fn gateway_traffic_reaches_both_stores_and_both_backends_answer_alike() {
             }],
             ..QueryApiConfig::default()
         };
-        let router = tollgate_query_api::server::router(&config, Arc::clone(&log)).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+        let base = tollgate_query_api::server::serve_in_background(&config, Arc::clone(&log)).await.unwrap();
         let get = |path: String| {
             let (client, base) = (client.clone(), base.clone());
             async move {

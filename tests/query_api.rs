@@ -72,10 +72,7 @@ async fn serve(root: &str, log: Arc<dyn EventLog>, config: QueryApiConfig) -> Ap
         ],
         ..config
     };
-    let router = tollgate_query_api::server::router(&config, log).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+    let base = tollgate_query_api::server::serve_in_background(&config, log).await.unwrap();
     Api { base, client: reqwest::Client::new() }
 }
 
@@ -577,10 +574,7 @@ async fn replica(root: &str, log: &Arc<dyn EventLog>) -> Api {
         tokens: vec![TokenConfig { name: "ops".into(), sha256: token_hash("ops-token"), role: Role::Admin }],
         ..QueryApiConfig::default()
     };
-    let router = tollgate_query_api::server::router(&config, Arc::clone(log)).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tollgate_query_api::server::serve(listener, router, std::future::pending()));
+    let base = tollgate_query_api::server::serve_in_background(&config, Arc::clone(log)).await.unwrap();
     Api { base, client: reqwest::Client::new() }
 }
 

@@ -174,6 +174,8 @@ impl Backend {
 pub enum StartError {
     #[error("configuration: {0}")]
     Config(String),
+    #[error("listening: {0}")]
+    Listen(std::io::Error),
     #[error("tokens: {0}")]
     Tokens(String),
     #[error(transparent)]
@@ -918,9 +920,7 @@ async fn access_log(
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    if !caller.role.sees_content() {
-        return Err(ApiError::forbidden("the access log is for auditor and admin tokens"));
-    }
+    require_auditor(&caller)?;
     let params = Params::new(pairs(query), &names::<AccessParams>())?;
     let mut query = listing(&params, state.max_page)?;
     for (name, column) in [("token", "token_name"), ("path", "path")] {
@@ -1161,6 +1161,17 @@ async fn revoke_token(
     let change = crate::admin::change(&caller, &name, tollgate_schemas::ChangeAction::Revoked, None);
     crate::admin::publish(state.log.as_ref(), &state.tokens, change).await?;
     Ok(counted(Json(serde_json::json!({ "revoked": name })).into_response(), 1))
+}
+
+/// Builds the API for `config` and serves it in the background on a free loopback port
+/// until the runtime stops; returns its base URL (`http://127.0.0.1:PORT`). For tests and
+/// benchmarks that run the API in-process.
+pub async fn serve_in_background(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<String, StartError> {
+    let router = router(config, log).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(StartError::Listen)?;
+    let base = format!("http://{}", listener.local_addr().map_err(StartError::Listen)?);
+    tokio::spawn(serve(listener, router, std::future::pending()));
+    Ok(base)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
