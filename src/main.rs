@@ -15,6 +15,9 @@ use tollgate_ingest::recorder::Recorder;
 use tollgate_processor::ProcessorConfig;
 use tollgate_schemas::pricing::PriceCatalog;
 
+mod admin;
+mod up;
+
 /// mimalloc: the gateway allocates per request (bodies, JSON, events) from many threads,
 /// where glibc's allocator showed up at about a tenth of the CPU in profiles.
 #[global_allocator]
@@ -29,6 +32,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway, the processor and the query API with its dashboard in one
+    /// process, on the embedded log and a Parquet archive under --data-dir: no Kafka or
+    /// ClickHouse needed.
+    Up(up::UpArgs),
+    /// Change what Tollgate enforces, through the query API's admin endpoints: virtual
+    /// keys, team policies, budgets and price catalogs.
+    Admin(admin::AdminArgs),
     /// Print the JSON Schema of every event, or write them as files into a directory.
     Schemas {
         /// Directory to write `<event>.json` files into; prints to stdout when absent.
@@ -221,6 +231,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Up(args) => up::run(args, shutdown_signal()).await,
+        Command::Admin(args) => admin::run(args).await,
         Command::Gateway(args) => gateway(args).await,
         Command::Processor(args) => processor(args).await,
         Command::QueryApi(args) => query_api(args).await,
@@ -391,17 +403,35 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         }
         None => PriceCatalog::shipped()?,
     };
+    let actor = args.config.display().to_string();
+    let (state, listener) = start_gateway(config, log, spool, catalog, &actor).await?;
+    tollgate_ingest::run(listener, state, shutdown_signal()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Starts a gateway's parts on `log`: the recorder, the governance follower (which first
+/// publishes the configuration's keys and team policies, as changes by `config_actor`),
+/// the quota decision follower, and the listener. Serve it with `tollgate_ingest::run`.
+pub(crate) async fn start_gateway(
+    config: GatewayConfig,
+    log: Arc<dyn EventLog>,
+    spool: Option<Arc<dyn EventLog>>,
+    catalog: PriceCatalog,
+    config_actor: &str,
+) -> anyhow::Result<(Arc<GatewayState>, tokio::net::TcpListener)> {
     let recorder =
         Recorder::start(Arc::clone(&log), spool, config.recording.clone()).await.context("starting the recorder")?;
     let listen = config.listen;
     let instance = config.instance_id.clone();
     let state = Arc::new(GatewayState::new(config, recorder, catalog).context("building the upstream clients")?);
+    tollgate_ingest::governance::start(Arc::clone(&log), Arc::clone(&state), config_actor)
+        .await
+        .context("following governance for virtual keys")?;
     tokio::spawn(tollgate_ingest::quota::follow_forever(log, Arc::clone(&state.quota), instance));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-    tracing::info!(address = %listener.local_addr()?, "gateway listening");
-    tollgate_ingest::run(listener, state, shutdown_signal()).await?;
-    tracing::info!("gateway stopped");
-    Ok(())
+    tracing::info!(address = %listener.local_addr()?, keys = state.keys().len(), "gateway listening");
+    Ok((state, listener))
 }
 
 async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {

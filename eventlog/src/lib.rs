@@ -18,6 +18,7 @@
 //! failure means (the gateway spools, the processor stops and resumes from its offsets).
 
 mod embedded;
+pub mod follow;
 mod kafka;
 pub mod testing;
 
@@ -26,6 +27,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
+pub use follow::Follower;
 pub use kafka::{KafkaConfig, KafkaLog};
 use tollgate_schemas::topics::TopicSpec;
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::config::GatewayConfig;
 use crate::error::{ApiError, Dialect, ErrorClass};
+use crate::keys::KeyStore;
 use crate::mcp::McpServers;
 use crate::metrics::GatewayMetrics;
 use crate::proxy::{Endpoint, handle};
@@ -36,6 +37,9 @@ pub struct GatewayState {
     pub instance: Arc<str>,
     /// The MCP servers behind `/mcp/{server}`.
     pub mcp: McpServers,
+    /// The virtual keys in force: the configuration's, or those the governance topic
+    /// gives when the gateway follows it ([`crate::governance`]).
+    keys: std::sync::RwLock<Arc<KeyStore>>,
 }
 
 impl GatewayState {
@@ -47,7 +51,18 @@ impl GatewayState {
         let quota = Arc::new(QuotaBook::new(catalog));
         let metrics = GatewayMetrics::new(recorder.clone(), Arc::clone(&quota), upstreams.iter().cloned().collect());
         let mcp = McpServers::new(&config.mcp_servers, &config.mcp_allowed_hosts);
-        Ok(GatewayState { config, upstreams, recorder, quota, metrics, instance, mcp })
+        let keys = std::sync::RwLock::new(Arc::new(config.keys.clone()));
+        Ok(GatewayState { config, upstreams, recorder, quota, metrics, instance, mcp, keys })
+    }
+
+    /// The virtual keys in force now.
+    pub fn keys(&self) -> Arc<KeyStore> {
+        Arc::clone(&self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Puts `keys` in force for every request that starts from now on.
+    pub fn set_keys(&self, keys: KeyStore) {
+        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
     }
 }
 
@@ -113,7 +128,7 @@ fn dialect_of(path: &str) -> Dialect {
 
 /// `GET /v1/models`: the public models the caller's key may use.
 async fn list_models(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
-    let key = match state.config.keys.authenticate(&headers) {
+    let key = match state.keys().authenticate(&headers) {
         Ok(key) => key,
         Err(error) => return error.into_response(Dialect::OpenAi),
     };

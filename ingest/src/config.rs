@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tollgate_schemas::Principal;
+use tollgate_schemas::{TeamPolicySpec, VirtualKeySpec};
 
-use crate::keys::{KeyStore, ModelAllowList, ToolPolicy, VirtualKey};
-use crate::policy::{PiiMode, RateLimits};
+use crate::keys::KeyStore;
+use crate::policy::PiiMode;
 use crate::recorder::{FullSpoolPolicy, RecorderConfig};
 
 /// What kind of API an upstream speaks.
@@ -37,7 +37,7 @@ struct RawConfig {
     #[serde(default)]
     models: Vec<RawModel>,
     #[serde(default)]
-    keys: Vec<RawKey>,
+    keys: Vec<VirtualKeySpec>,
     #[serde(default)]
     routing: RawRouting,
     #[serde(default)]
@@ -47,7 +47,7 @@ struct RawConfig {
     #[serde(default)]
     guard: RawGuard,
     #[serde(default)]
-    teams: Vec<RawTeam>,
+    teams: Vec<TeamPolicySpec>,
     #[serde(default)]
     mcp_servers: Vec<RawMcpServer>,
 }
@@ -82,21 +82,6 @@ struct RawGuard {
     /// The prompt PII guard for keys and teams that set none: "off" (default), "redact"
     /// or "block".
     pii: Option<PiiMode>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTeam {
-    /// The `team` of the keys this applies to.
-    id: String,
-    /// Glob patterns of models the team's keys may use, on top of each key's own list.
-    allowed_models: Option<Vec<String>>,
-    /// The PII guard for the team's keys that set none.
-    pii_guard: Option<PiiMode>,
-    /// `server/tool` glob patterns of MCP tools the team's keys may call.
-    allowed_tools: Option<Vec<String>>,
-    /// `server/tool` glob patterns of MCP tools the team's keys may not call.
-    denied_tools: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,33 +165,6 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKey {
-    /// Key id recorded in events (never the secret).
-    id: String,
-    /// Lowercase hex SHA-256 of the secret (`printf %s "$SECRET" | sha256sum`).
-    secret_sha256: String,
-    org: String,
-    team: Option<String>,
-    user: Option<String>,
-    project: Option<String>,
-    /// Glob patterns of public model names the key may use. Default: every model.
-    allowed_models: Option<Vec<String>>,
-    /// Largest `max_tokens` a request may ask for.
-    max_tokens: Option<u64>,
-    /// Requests per minute.
-    requests_per_minute: Option<u32>,
-    /// Tokens per minute (prompt tokens plus each request's output limit).
-    tokens_per_minute: Option<u32>,
-    /// The prompt PII guard for this key: "off", "redact" or "block".
-    pii_guard: Option<PiiMode>,
-    /// `server/tool` glob patterns of MCP tools the key may call. Default: every tool.
-    allowed_tools: Option<Vec<String>>,
-    /// `server/tool` glob patterns of MCP tools the key may not call.
-    denied_tools: Option<Vec<String>>,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -285,7 +243,14 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Public model name -> targets in order of preference.
     pub models: BTreeMap<String, Vec<Target>>,
+    /// The keys of the configuration file, built. A gateway that follows the governance
+    /// topic publishes `key_specs` and `teams` there and serves the keys it builds from
+    /// the topic instead.
     pub keys: KeyStore,
+    pub key_specs: Vec<VirtualKeySpec>,
+    pub teams: BTreeMap<String, TeamPolicySpec>,
+    /// The PII guard of keys and teams that set none.
+    pub global_pii: PiiMode,
     pub routing: RoutingConfig,
     pub capture: CaptureMode,
     pub recording: RecorderConfig,
@@ -403,88 +368,15 @@ impl GatewayConfig {
         let mcp_servers = mcp_servers(raw.mcp_servers, environment, &mut problems);
 
         let global_pii = raw.guard.pii.unwrap_or_default();
-        let mut teams: HashMap<String, (Option<ModelAllowList>, Option<PiiMode>)> = HashMap::new();
-        let mut team_tools: HashMap<String, &RawTeam> = HashMap::new();
-        for team in &raw.teams {
-            let allowed = team.allowed_models.as_ref().map(|patterns| {
-                ModelAllowList::only(patterns).unwrap_or_else(|problem| {
-                    problems.push(format!("team `{}`: {problem}", team.id));
-                    ModelAllowList::any()
-                })
-            });
-            if teams.insert(team.id.clone(), (allowed, team.pii_guard)).is_some() {
+        let mut teams = BTreeMap::new();
+        for team in raw.teams {
+            if teams.contains_key(&team.id) {
                 problems.push(format!("team `{}` is declared twice", team.id));
             }
-            team_tools.insert(team.id.clone(), team);
+            teams.insert(team.id.clone(), team);
         }
-
-        let mut keys = KeyStore::default();
-        let mut seen_key_ids = HashSet::new();
-        let mut seen_hashes = HashSet::new();
-        for raw_key in raw.keys {
-            let id = raw_key.id;
-            if !seen_key_ids.insert(id.clone()) {
-                problems.push(format!("key `{id}` is declared twice"));
-            }
-            let hash = raw_key.secret_sha256.to_ascii_lowercase();
-            if hash.len() != 64 || !hash.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-                problems.push(format!("key `{id}`: secret_sha256 must be 64 hex digits"));
-            } else if !seen_hashes.insert(hash.clone()) {
-                problems.push(format!("key `{id}`: another key has the same secret"));
-            }
-            let allowed_models = match &raw_key.allowed_models {
-                Some(patterns) => ModelAllowList::only(patterns).unwrap_or_else(|problem| {
-                    problems.push(format!("key `{id}`: {problem}"));
-                    ModelAllowList::any()
-                }),
-                None => ModelAllowList::any(),
-            };
-            let principal = Principal {
-                org_id: raw_key.org,
-                team_id: raw_key.team,
-                user_id: raw_key.user,
-                project_id: raw_key.project,
-                key_id: id,
-            };
-            let team = principal.team_id.as_ref().and_then(|team| teams.get(team));
-            let key_id = principal.key_id.clone();
-            let mut per_minute = |name: &str, value: Option<u32>| match value {
-                Some(0) => {
-                    problems.push(format!("key `{key_id}`: {name} must be greater than zero"));
-                    None
-                }
-                other => other.and_then(std::num::NonZeroU32::new),
-            };
-            let requests = per_minute("requests_per_minute", raw_key.requests_per_minute);
-            let tokens = per_minute("tokens_per_minute", raw_key.tokens_per_minute);
-            let mut tools = ToolPolicy::default();
-            let team_lists = principal.team_id.as_ref().and_then(|team| team_tools.get(team));
-            let lists = [
-                (raw_key.allowed_tools.as_ref(), true),
-                (raw_key.denied_tools.as_ref(), false),
-                (team_lists.and_then(|team| team.allowed_tools.as_ref()), true),
-                (team_lists.and_then(|team| team.denied_tools.as_ref()), false),
-            ];
-            for (patterns, allow) in lists {
-                let Some(patterns) = patterns else { continue };
-                let added = if allow { tools.allow_only(patterns) } else { tools.deny(patterns) };
-                if let Err(problem) = added {
-                    problems.push(format!("key `{key_id}`: {problem}"));
-                }
-            }
-            keys.insert(
-                &hash,
-                VirtualKey {
-                    allowed_models,
-                    team_allowed_models: team.and_then(|(allowed, _)| allowed.clone()),
-                    max_tokens_cap: raw_key.max_tokens,
-                    pii_guard: raw_key.pii_guard.or(team.and_then(|(_, pii)| *pii)).unwrap_or(global_pii),
-                    rate_limits: RateLimits::per_minute(requests, tokens).map(std::sync::Arc::new),
-                    tools,
-                    ..VirtualKey::new(principal)
-                },
-            );
-        }
+        let (keys, key_problems) = KeyStore::build(raw.keys.iter().map(|key| (key, false)), &teams, global_pii, None);
+        problems.extend(key_problems);
 
         let defaults = RoutingConfig::default();
         let ms = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
@@ -529,6 +421,9 @@ impl GatewayConfig {
             upstreams,
             models,
             keys,
+            key_specs: raw.keys,
+            teams,
+            global_pii,
             routing,
             capture: raw.capture.mode.unwrap_or(CaptureMode::Digests),
             recording,

@@ -5,13 +5,14 @@
 //! secret: keys are long random strings, so a fast hash is enough, and a leaked key store
 //! reveals no usable secret. Lookup is by hash, so no secret is ever compared directly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
-use tollgate_schemas::Principal;
+use tollgate_schemas::{Principal, TeamPolicySpec, VirtualKeySpec};
 
 use crate::error::{ApiError, ErrorClass};
 use crate::policy::{PiiMode, RateLimits};
@@ -98,6 +99,8 @@ pub struct VirtualKey {
     pub pii_guard: PiiMode,
     /// Requests and tokens per minute, shared by every request with this key.
     pub rate_limits: Option<Arc<RateLimits>>,
+    /// The requests and tokens per minute `rate_limits` enforce.
+    pub rate_limit_settings: (Option<NonZeroU32>, Option<NonZeroU32>),
     /// MCP tools the key may call (key and team lists combined).
     pub tools: ToolPolicy,
     pub revoked: bool,
@@ -113,6 +116,7 @@ impl VirtualKey {
             max_tokens_cap: None,
             pii_guard: PiiMode::Off,
             rate_limits: None,
+            rate_limit_settings: (None, None),
             tools: ToolPolicy::default(),
             revoked: false,
         }
@@ -131,6 +135,96 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
+    /// The store of `keys` (each with whether it is revoked) under the policies of
+    /// `teams`, and every problem found (a key with a problem is left out). Rate limiters
+    /// of keys whose limits are the same in `previous` carry over, so changing one key
+    /// does not give every other key a fresh allowance.
+    pub fn build<'a>(
+        keys: impl IntoIterator<Item = (&'a VirtualKeySpec, bool)>,
+        teams: &BTreeMap<String, TeamPolicySpec>,
+        global_pii: PiiMode,
+        previous: Option<&KeyStore>,
+    ) -> (KeyStore, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut team_models = HashMap::new();
+        for (id, team) in teams {
+            for problem in team.problems() {
+                problems.push(format!("team `{id}`: {problem}"));
+            }
+            if let Some(patterns) = &team.allowed_models {
+                team_models
+                    .insert(id.as_str(), ModelAllowList::only(patterns).unwrap_or_else(|_| ModelAllowList::any()));
+            }
+        }
+        let carried: HashMap<&str, &VirtualKey> = previous
+            .map(|store| store.iter().map(|key| (key.principal.key_id.as_str(), key)).collect())
+            .unwrap_or_default();
+        let mut store = KeyStore::default();
+        let mut seen_ids = HashSet::new();
+        for (spec, revoked) in keys {
+            let id = spec.id.as_str();
+            if !seen_ids.insert(id.to_owned()) {
+                problems.push(format!("key `{id}` is declared twice"));
+                continue;
+            }
+            let key_problems = spec.problems();
+            if !key_problems.is_empty() {
+                problems.extend(key_problems.into_iter().map(|problem| format!("key `{id}`: {problem}")));
+                continue;
+            }
+            let hash = spec.secret_sha256.to_ascii_lowercase();
+            if store.by_secret_hash.contains_key(&hash) {
+                problems.push(format!("key `{id}`: another key has the same secret"));
+                continue;
+            }
+            let team = spec.team.as_deref().and_then(|team| teams.get(team));
+            let mut tools = ToolPolicy::default();
+            let lists = [
+                (spec.allowed_tools.as_ref(), true),
+                (spec.denied_tools.as_ref(), false),
+                (team.and_then(|team| team.allowed_tools.as_ref()), true),
+                (team.and_then(|team| team.denied_tools.as_ref()), false),
+            ];
+            for (patterns, allow) in lists {
+                let Some(patterns) = patterns else { continue };
+                // The patterns were checked with the spec.
+                let _ = if allow { tools.allow_only(patterns) } else { tools.deny(patterns) };
+            }
+            let settings =
+                (spec.requests_per_minute.and_then(NonZeroU32::new), spec.tokens_per_minute.and_then(NonZeroU32::new));
+            let rate_limits = match carried.get(id) {
+                Some(old) if old.rate_limit_settings == settings => old.rate_limits.clone(),
+                _ => RateLimits::per_minute(settings.0, settings.1).map(Arc::new),
+            };
+            let principal = Principal {
+                org_id: spec.org.clone(),
+                team_id: spec.team.clone(),
+                user_id: spec.user.clone(),
+                project_id: spec.project.clone(),
+                key_id: spec.id.clone(),
+            };
+            let allowed_models = match &spec.allowed_models {
+                Some(patterns) => ModelAllowList::only(patterns).unwrap_or_else(|_| ModelAllowList::any()),
+                None => ModelAllowList::any(),
+            };
+            store.insert(
+                &hash,
+                VirtualKey {
+                    allowed_models,
+                    team_allowed_models: spec.team.as_deref().and_then(|team| team_models.get(team).cloned()),
+                    max_tokens_cap: spec.max_tokens,
+                    pii_guard: spec.pii_guard.or(team.and_then(|team| team.pii_guard)).unwrap_or(global_pii),
+                    rate_limits,
+                    rate_limit_settings: settings,
+                    tools,
+                    revoked,
+                    ..VirtualKey::new(principal)
+                },
+            );
+        }
+        (store, problems)
+    }
+
     /// Adds or replaces the key whose secret hashes to `secret_sha256`.
     pub fn insert(&mut self, secret_sha256: &str, key: VirtualKey) {
         self.by_secret_hash.insert(secret_sha256.to_ascii_lowercase(), Arc::new(key));

@@ -24,6 +24,7 @@ pub mod breaker;
 pub mod config;
 pub mod draft;
 pub mod error;
+pub mod governance;
 pub mod keys;
 pub mod mcp;
 pub mod metrics;

@@ -959,7 +959,7 @@ pub async fn handle(State(state): State<Arc<GatewayState>>, Path(name): Path<Str
             format!("No MCP server named `{name}`; this gateway serves: {}.", known.join(", ")),
         );
     };
-    let key = match state.config.keys.authenticate(request.headers()) {
+    let key = match state.keys().authenticate(request.headers()) {
         Ok(key) => key,
         Err(error) => {
             state.metrics.unauthenticated.get_or_create(&crate::metrics::RouteLabels { route: ROUTE }).inc();

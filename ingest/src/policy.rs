@@ -16,19 +16,12 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use tollgate_guard::{Detectors, PiiKind};
 
-/// What the PII guard does with a prompt that carries PII or secrets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PiiMode {
-    #[default]
-    Off,
-    Redact,
-    Block,
-}
+/// What the PII guard does with a prompt that carries PII or secrets (shared with the
+/// governance values that set it).
+pub use tollgate_schemas::PiiGuardMode as PiiMode;
 
 /// A key's rate limits.
 #[derive(Debug)]

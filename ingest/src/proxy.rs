@@ -120,7 +120,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
     let started = Instant::now();
     let dialect = endpoint.dialect();
     let (parts, body) = request.into_parts();
-    let key = match state.config.keys.authenticate(&parts.headers) {
+    let key = match state.keys().authenticate(&parts.headers) {
         Ok(key) => key,
         Err(error) => {
             tracing::info!(route = endpoint.path(), code = error.code, "request refused: no valid key");

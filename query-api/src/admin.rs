@@ -1,32 +1,34 @@
-//! Token administration: admins create, replace and revoke the API's tokens.
+//! Governance administration: admins make, replace and revoke the API's tokens and the
+//! gateway's virtual keys, set team policies and budgets, and publish price catalogs.
 //!
-//! A change is a [`GovernanceChange`] on the governance topic (target `api_token`, actor
-//! the admin's token name, value `{"name", "role", "sha256"}`), so auditors see who made
-//! or revoked which token in `/v1/governance`. Every replica builds its tokens from the
-//! configuration and then those changes, followed from the topic's beginning
-//! ([`follow`]): a token made on one replica works on all of them, a revoked one nowhere,
-//! and a restarted replica does not answer until it has read every change made so far.
-//! The token itself is returned once, when it is made; only its SHA-256 is published.
+//! A change is a [`GovernanceChange`] on the governance topic with the admin's token name
+//! as actor, so auditors see who changed what in `/v1/governance`. Every replica (of this
+//! API and of the gateway) builds its view from the configuration and then those changes,
+//! followed from the topic's beginning: a token or key made on one replica works on all of
+//! them, a revoked one nowhere, and a restarted replica does not answer until it has read
+//! every change made so far. Secrets (tokens, key secrets) are returned once, when made;
+//! only their SHA-256 is published.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tollgate_eventlog::EventLog;
+use tollgate_eventlog::{EventLog, Follower, Record};
 use tollgate_schemas::topics::{GOVERNANCE, Keyed};
 use tollgate_schemas::{
-    Actor, ActorKind, ChangeAction, GovernanceChange, GovernanceTarget, SCHEMA_VERSION, TargetKind,
+    Actor, ActorKind, ChangeAction, Directory, GovernanceChange, GovernanceTarget, SCHEMA_VERSION, TargetKind,
 };
 
 use crate::auth::{Caller, Role, TokenConfig, Tokens, token_hash};
 use crate::params::ApiError;
 
-/// The tokens in force, shared by the request handlers and the follower.
+/// The API's tokens and the governed state admins change, shared by the request handlers
+/// and the follower.
 #[derive(Debug)]
-pub struct TokenBook {
+pub struct GovernanceBook {
     tokens: RwLock<Tokens>,
-    /// Per governance partition, the offset after the last change applied.
-    applied: tokio::sync::watch::Sender<std::collections::BTreeMap<i32, i64>>,
+    directory: RwLock<Directory>,
+    follower: Arc<Follower>,
 }
 
 /// The value of an `api_token` governance change.
@@ -37,11 +39,14 @@ pub struct TokenValue {
     pub sha256: String,
 }
 
-impl TokenBook {
+impl GovernanceBook {
     /// The configured tokens, before any change from the log.
     pub fn new(configured: &[TokenConfig]) -> Result<Self, String> {
-        let (applied, _) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
-        Ok(TokenBook { tokens: RwLock::new(Tokens::new(configured)?), applied })
+        Ok(GovernanceBook {
+            tokens: RwLock::new(Tokens::new(configured)?),
+            directory: RwLock::new(Directory::default()),
+            follower: Follower::new(GOVERNANCE),
+        })
     }
 
     /// The caller presenting `token`.
@@ -53,9 +58,18 @@ impl TokenBook {
         self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner).callers()
     }
 
-    /// Applies one governance change; changes to other targets are not this book's.
+    /// Keys, team policies, budgets and catalogs as governance has them now.
+    pub fn directory(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies one governance change.
     pub fn apply(&self, change: &GovernanceChange) {
         if change.target.kind != TargetKind::ApiToken {
+            if let Err(error) = self.directory.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply(change)
+            {
+                tracing::warn!(%error, change = %change.id, "a governance change could not be applied");
+            }
             return;
         }
         let mut tokens = self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -75,65 +89,30 @@ impl TokenBook {
             }
         }
     }
-}
 
-/// Reads the governance topic from its beginning into `book`, and keeps following it.
-/// `caught_up` is sent once every change present at the start has been applied.
-pub async fn follow(
-    log: Arc<dyn EventLog>,
-    book: Arc<TokenBook>,
-    caught_up: tokio::sync::watch::Sender<bool>,
-) -> Result<(), tollgate_eventlog::LogError> {
-    // A group of its own, never committed: every start reads the whole topic.
-    let group = format!("tollgate-query-api-tokens-{}", uuid::Uuid::now_v7().simple());
-    let mut behind: std::collections::HashMap<i32, i64> =
-        log.end_offsets(GOVERNANCE).await?.into_iter().filter(|(_, end)| *end > 0).collect();
-    if behind.is_empty() {
-        caught_up.send_replace(true);
-    }
-    let mut subscription = log.subscribe(&group, &[GOVERNANCE]).await?;
-    loop {
-        let record = subscription.next().await?;
-        // After a restart of the follower, what was applied before is not applied again
-        // (an old change applied anew would undo a newer one until it came by).
-        let seen = book.applied.borrow().get(&record.partition).is_some_and(|next| record.offset < *next);
-        match tollgate_schemas::decode::<GovernanceChange>(&record.payload) {
-            Ok(_) if seen => {}
+    /// Reads the governance topic from its beginning into this book, and keeps following
+    /// it in a task of its own. Returns once every change present at the start has been
+    /// applied, or `false` if that took longer than `timeout`.
+    pub async fn follow(self: &Arc<Self>, log: Arc<dyn EventLog>, timeout: Duration) -> bool {
+        let book = Arc::clone(self);
+        let apply = move |record: &Record| match tollgate_schemas::decode::<GovernanceChange>(&record.payload) {
             Ok(change) => book.apply(&change),
             // The processor dead-letters what it cannot decode; here it is only skipped.
             Err(error) => tracing::warn!(%error, offset = record.offset, "undecodable governance change skipped"),
-        }
-        book.applied.send_modify(|applied| {
-            applied.insert(record.partition, record.offset + 1);
-        });
-        if !behind.is_empty() {
-            if behind.get(&record.partition).is_some_and(|end| record.offset + 1 >= *end) {
-                behind.remove(&record.partition);
-            }
-            if behind.is_empty() {
-                caught_up.send_replace(true);
-                tracing::info!("API token changes caught up");
-            }
-        }
+        };
+        tokio::spawn(Arc::clone(&self.follower).follow_forever(
+            log,
+            "tollgate-query-api-governance".to_owned(),
+            Box::new(apply),
+        ));
+        self.follower.wait_caught_up(timeout).await
     }
 }
 
-/// [`follow`], started again after a failure.
-pub async fn follow_forever(log: Arc<dyn EventLog>, book: Arc<TokenBook>, caught_up: tokio::sync::watch::Sender<bool>) {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        if let Err(error) = follow(Arc::clone(&log), Arc::clone(&book), caught_up.clone()).await {
-            tracing::warn!(%error, "following API token changes failed; starting again");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(10));
-    }
-}
-
-/// Publishes `change`, waits until the log has it and until this replica's follower has
-/// applied it (changes apply in log order only, so an older change can never undo a
-/// newer one), and returns.
-pub async fn publish(log: &dyn EventLog, book: &TokenBook, change: GovernanceChange) -> Result<(), ApiError> {
+/// Publishes `change`, waits until the log has it and until this replica has applied it
+/// (changes apply in log order only, so an older change can never undo a newer one), and
+/// returns.
+pub async fn publish(log: &dyn EventLog, book: &GovernanceBook, change: GovernanceChange) -> Result<(), ApiError> {
     let unavailable = |message: &str| ApiError {
         status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
         code: "log_unavailable",
@@ -144,14 +123,13 @@ pub async fn publish(log: &dyn EventLog, book: &TokenBook, change: GovernanceCha
     let key = change.message_key();
     let ack =
         tollgate_eventlog::publish_and_wait(log, GOVERNANCE, key.as_bytes(), &payload).await.map_err(|error| {
-            tracing::error!(%error, "publishing an API token change failed");
+            tracing::error!(%error, "publishing a governance change failed");
             unavailable("the change could not be recorded on the log; nothing was changed")
         })?;
-    let mut applied = book.applied.subscribe();
-    let wait = applied.wait_for(|applied| applied.get(&ack.partition).is_some_and(|next| *next > ack.offset));
-    match tokio::time::timeout(Duration::from_secs(30), wait).await {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err(unavailable("the change is recorded but was not applied here within 30 s; it will be")),
+    if book.follower.wait_applied(ack, Duration::from_secs(30)).await {
+        Ok(())
+    } else {
+        Err(unavailable("the change is recorded but was not applied here within 30 s; it will be"))
     }
 }
 
@@ -187,7 +165,7 @@ mod tests {
 
     #[test]
     fn changes_make_replace_and_revoke_tokens() {
-        let book = TokenBook::new(&[TokenConfig {
+        let book = GovernanceBook::new(&[TokenConfig {
             name: "ops".to_owned(),
             sha256: token_hash("configured"),
             role: Role::Admin,

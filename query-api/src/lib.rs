@@ -22,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod clickhouse;
 pub mod focus;
+pub mod manage;
 pub mod params;
 pub mod parquet;
 pub mod server;

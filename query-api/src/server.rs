@@ -16,6 +16,7 @@
 //! | `GET /v1/proofs/consistency` | auditor, admin | a consistency proof between two signed checkpoints |
 //! | `GET /v1/verify` | auditor, admin | the whole archive checked against the signed checkpoints |
 //! | `GET, POST /v1/admin/tokens`, `DELETE /v1/admin/tokens/{name}` | admin | list, make (or replace) and revoke tokens (see [`crate::admin`]) |
+//! | `/v1/admin/keys`, `/v1/admin/teams`, `/v1/admin/budgets`, `/v1/admin/catalogs` | admin | virtual keys, team policies, budgets, price catalogs (see [`crate::manage`]) |
 //!
 //! Finance tokens never receive captured content: it is removed from every interaction
 //! before the response is made.
@@ -338,7 +339,20 @@ fn names<P: utoipa::IntoParams>() -> Vec<String> {
         verify,
         list_tokens,
         create_token,
-        revoke_token
+        revoke_token,
+        crate::manage::list_keys,
+        crate::manage::create_key,
+        crate::manage::update_key,
+        crate::manage::rotate_key,
+        crate::manage::revoke_key,
+        crate::manage::list_teams,
+        crate::manage::set_team,
+        crate::manage::delete_team,
+        crate::manage::list_budgets,
+        crate::manage::set_budget,
+        crate::manage::lift_budget,
+        crate::manage::list_catalogs,
+        crate::manage::publish_catalog
     ),
     components(schemas(ErrorBody, ErrorDetail, NewToken)),
     modifiers(&BearerAuth),
@@ -360,19 +374,19 @@ impl utoipa::Modify for BearerAuth {
 }
 
 pub(crate) struct AppState {
-    log: Arc<dyn EventLog>,
+    pub(crate) log: Arc<dyn EventLog>,
     store: Backend,
     /// The archive's tables, for the Merkle log columns whatever the backend.
     parquet: ParquetStore,
     archive: Archive,
     verifier_key: Option<String>,
-    pub(crate) tokens: Arc<crate::admin::TokenBook>,
+    pub(crate) tokens: Arc<crate::admin::GovernanceBook>,
     pub(crate) access: AccessLog,
     max_page: usize,
 }
 
 /// `response` marked with the number of records it holds, for the access log.
-fn counted(mut response: Response, results: usize) -> Response {
+pub(crate) fn counted(mut response: Response, results: usize) -> Response {
     response.extensions_mut().insert(Results(results as u64));
     response
 }
@@ -380,7 +394,7 @@ fn counted(mut response: Response, results: usize) -> Response {
 /// The API's routes over the archive `config.archive`, recording every authenticated
 /// request on `log` (see [`crate::access`]).
 pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<Router, StartError> {
-    let tokens = Arc::new(crate::admin::TokenBook::new(&config.tokens).map_err(StartError::Tokens)?);
+    let tokens = Arc::new(crate::admin::GovernanceBook::new(&config.tokens).map_err(StartError::Tokens)?);
     let archive = Archive::open(&config.archive, &config.archive_options)?;
     let store = ParquetStore::new();
     if config.archive.contains("://") {
@@ -414,12 +428,8 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
     };
     // Token changes made through the API: read them all before answering anything, so a
     // revoked token is refused from the first request on.
-    let (caught_up, mut ready) = tokio::sync::watch::channel(false);
-    tokio::spawn(crate::admin::follow_forever(Arc::clone(&log), Arc::clone(&tokens), caught_up));
-    let wait = ready.wait_for(|caught_up| *caught_up);
-    match tokio::time::timeout(Duration::from_secs(60), wait).await {
-        Ok(Ok(_)) => {}
-        _ => return Err(StartError::Config("the governance topic could not be read within 60 s".to_owned())),
+    if !tokens.follow(Arc::clone(&log), Duration::from_secs(60)).await {
+        return Err(StartError::Config("the governance topic could not be read within 60 s".to_owned()));
     }
     let state = Arc::new(AppState {
         log,
@@ -446,6 +456,7 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
         .route("/v1/verify", get(verify))
         .route("/v1/admin/tokens", get(list_tokens).post(create_token))
         .route("/v1/admin/tokens/{name}", axum::routing::delete(revoke_token))
+        .merge(crate::manage::routes())
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::access::guard));
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -455,7 +466,7 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
         .with_state(state))
 }
 
-pub(crate) fn authorize(headers: &HeaderMap, tokens: &crate::admin::TokenBook) -> Result<Caller, ApiError> {
+pub(crate) fn authorize(headers: &HeaderMap, tokens: &crate::admin::GovernanceBook) -> Result<Caller, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer TOKEN`"))?;

@@ -28,6 +28,7 @@ mod budget;
 mod codec;
 mod common;
 mod dead_letter;
+pub mod directory;
 mod governance;
 mod interaction;
 pub mod json_schema;
@@ -42,6 +43,7 @@ pub use budget::{BudgetSpec, SpendEntry, SubjectChange, SubjectUpdate};
 pub use codec::{DecodeError, EncodeError, Event, decode, encode};
 pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
+pub use directory::{Directory, PiiGuardMode, TeamPolicySpec, VirtualKeySpec};
 pub use governance::{Actor, ActorKind, ChangeAction, GovernanceChange, GovernanceTarget, TargetKind};
 pub use interaction::{
     Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, InteractionKind, ModelCall, Outcome,
