@@ -16,6 +16,7 @@ use tollgate_processor::ProcessorConfig;
 use tollgate_schemas::pricing::PriceCatalog;
 
 mod admin;
+mod demo;
 mod up;
 
 /// mimalloc: the gateway allocates per request (bodies, JSON, events) from many threads,
@@ -192,14 +193,20 @@ struct ProcessorArgs {
 fn main() -> anyhow::Result<()> {
     // RUST_LOG filters (default `info`); TOLLGATE_LOG_FORMAT=json writes one JSON object a
     // line for log collectors.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let command = Cli::parse().command;
+    // `up` shares the terminal with its banner and progress: only warnings from the
+    // services, and nothing from the MCP SDK below errors.
+    let default_filter = match command {
+        Command::Up(_) => "warn,rmcp=error",
+        _ => "info,rmcp=warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|format| format == "json") {
         logs.json().init();
     } else {
         logs.init();
     }
-    let command = Cli::parse().command;
     let workers = match &command {
         Command::Gateway(args) => args.worker_threads,
         _ => None,

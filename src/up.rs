@@ -102,53 +102,35 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// The gateway configuration `up` uses when none is given: the simulated provider at
-/// `simulator` (with --demo), else the real providers whose credential is in the
-/// environment; the starter key, allowed every model.
+/// The gateway configuration `up` uses when none is given and not in demo mode: the
+/// real providers whose credential is in the environment, and the starter key, allowed
+/// every model.
 fn default_gateway_config(
-    simulator: Option<SocketAddr>,
     environment: &std::collections::HashMap<String, String>,
     key: &str,
 ) -> anyhow::Result<String> {
     let mut text = String::from("[server]\ninstance_id = \"up\"\n\n");
     let has = |variable: &str| environment.get(variable).is_some_and(|value| !value.is_empty());
-    let (openai, anthropic) = match simulator {
-        Some(address) => {
-            text.push_str(&format!(
-                "[capture]\nmode = \"full\"\n\n\
-                 [[upstreams]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://{address}\"\n\n\
-                 [[upstreams]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"http://{address}\"\n\n"
-            ));
-            (true, true)
-        }
-        None => {
-            let (openai, anthropic) = (has("OPENAI_API_KEY"), has("ANTHROPIC_API_KEY"));
-            anyhow::ensure!(
-                openai || anthropic,
-                "no model provider to send traffic to: set OPENAI_API_KEY or ANTHROPIC_API_KEY, give a gateway \
-                 configuration with --config (see gateway.example.toml), or try `tollgate up --demo` for a \
-                 simulated provider"
-            );
-            if openai {
-                text.push_str(
-                    "[[upstreams]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com\"\n\
-                     api_key_env = \"OPENAI_API_KEY\"\n\n",
-                );
-            }
-            if anthropic {
-                text.push_str(
-                    "[[upstreams]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\n\
-                     api_key_env = \"ANTHROPIC_API_KEY\"\n\n",
-                );
-            }
-            (openai, anthropic)
-        }
-    };
+    let (openai, anthropic) = (has("OPENAI_API_KEY"), has("ANTHROPIC_API_KEY"));
+    anyhow::ensure!(
+        openai || anthropic,
+        "no model provider to send traffic to: set OPENAI_API_KEY or ANTHROPIC_API_KEY, give a gateway \
+         configuration with --config (see gateway.example.toml), or try `tollgate up --demo` for a \
+         simulated provider"
+    );
     let mut models = Vec::new();
     if openai {
+        text.push_str(
+            "[[upstreams]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com\"\n\
+             api_key_env = \"OPENAI_API_KEY\"\n\n",
+        );
         models.extend(OPENAI_MODELS.iter().map(|model| (*model, "openai")));
     }
     if anthropic {
+        text.push_str(
+            "[[upstreams]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\n\
+             api_key_env = \"ANTHROPIC_API_KEY\"\n\n",
+        );
         models.extend(ANTHROPIC_MODELS.iter().map(|model| (*model, "anthropic")));
     }
     for (model, upstream) in models {
@@ -208,7 +190,7 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
     let simulator = if args.demo {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("starting the simulated provider")?;
         let address = listener.local_addr()?;
-        let control = Arc::new(tollgate_ingest::simulator::SimulatorControl::default());
+        let control = Arc::new(tollgate_ingest::simulator::SimulatorControl::realistic());
         let router = tollgate_ingest::simulator::router(control);
         tokio::spawn(tollgate_ingest::simulator::serve(listener, router, stopped_signal()));
         Some(address)
@@ -224,7 +206,15 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
                 .with_context(|| format!("reading the gateway configuration {}", path.display()))?,
             path.display().to_string(),
         ),
-        None => (default_gateway_config(simulator, &environment, &credentials.gateway_key)?, "tollgate up".to_owned()),
+        None => {
+            let text = match simulator {
+                Some(address) => {
+                    crate::demo::gateway_config(address, &tollgate_ingest::keys::hash_secret(&credentials.gateway_key))
+                }
+                None => default_gateway_config(&environment, &credentials.gateway_key)?,
+            };
+            (text, "tollgate up".to_owned())
+        }
     };
     let mut gateway_config = GatewayConfig::from_toml(&gateway_text, &environment)?;
     gateway_config.listen = args.gateway_listen;
@@ -251,6 +241,9 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
     archive.roll_interval = Duration::from_secs(5);
     archive.signing_key = Some(credentials.signing_key.clone());
     processor_config.archive = Some(archive);
+    if args.demo {
+        processor_config.budgets = crate::demo::budgets();
+    }
     let sources = tollgate_processor::Sources {
         catalog,
         catalog_document: Some(toml::from_str(tollgate_schemas::pricing::SHIPPED_CATALOG)?),
@@ -288,8 +281,18 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
         example_model,
     };
     eprintln!("{}", banner(&running));
+    let demo = args.demo.then(|| {
+        eprintln!(
+            "Demo traffic is running: four teams of two organisations, with keys tg-demo-alice, tg-demo-bob,\n\
+             tg-demo-carol and tg-demo-dan; marketing (carol) runs through its daily budget and is cut off.\n"
+        );
+        tokio::spawn(crate::demo::run(gateway_address))
+    });
 
     shutdown.await;
+    if let Some(demo) = demo {
+        demo.abort();
+    }
     let _ = stop.send(true);
     // The gateway finishes its requests and flushes its events before the processor stops.
     let _ = gateway.await;

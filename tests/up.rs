@@ -349,3 +349,88 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
     assert_eq!(summary, expected, "{history:?}");
     assert_eq!(history[2]["reason"], "left the company");
 }
+
+/// How long the demo traffic may take to fill every view.
+const DEMO_FILL_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_every_page_to_each_role_in_headless_chromium() {
+    let python = std::env::var("TOLLGATE_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("TOLLGATE_TEST_PYTHON is not set: this test runs the pinned Selenium that `scripts/test` installs. Run `scripts/test`.")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("data"), &dir.path().join("up.log")).await;
+    let client = reqwest::Client::new();
+
+    // The demo traffic fills every view: wait until each has something in it.
+    let (today, tomorrow) = today_and_tomorrow();
+    let started = Instant::now();
+    let interaction_id = loop {
+        let violations = up.get(&client, &format!("/v1/reports/violations?from={today}&to={tomorrow}")).await;
+        let budgets = up.get(&client, "/v1/budgets").await;
+        let history = up.get(&client, "/v1/governance?limit=1").await;
+        let page = up.get(&client, "/v1/interactions?limit=100&outcome=ok").await;
+        let with_content = page["interactions"].as_array().unwrap().iter().find(|priced| {
+            priced["interaction"]["content"]["captured"]["request"].as_str().is_some_and(|text| !text.is_empty())
+        });
+        let blocked = budgets["budgets"].as_array().unwrap().iter().any(|budget| budget["state"] == "block");
+        if let Some(priced) = with_content
+            && violations["total"].as_i64().unwrap() > 0
+            && blocked
+            && !history["items"].as_array().unwrap().is_empty()
+        {
+            break priced["interaction"]["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < DEMO_FILL_TIMEOUT,
+            "the demo did not fill every view in time: {violations} {budgets}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+
+    let mut roles = vec![format!("admin={}", up.admin_token)];
+    for role in ["auditor", "finance"] {
+        let (ok, made, stderr) = up.admin(&["tokens", "create", &format!("dashboard-{role}"), "--role", role]).await;
+        assert!(ok, "{stderr}");
+        roles.push(format!("{role}={}", made["token"].as_str().unwrap()));
+    }
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/dashboard_check.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(&up.query)
+        .arg(&shots)
+        .arg(&interaction_id)
+        .args(&roles)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the dashboard check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["problems"], json!([]));
+    for role in ["admin", "auditor"] {
+        assert!(report["roles"][role]["detail"]["content_blocks"].as_u64().unwrap() > 0, "{report}");
+        assert!(report["roles"][role]["violations"]["chart_points"].as_u64().unwrap() > 0, "{report}");
+    }
+    assert_eq!(report["roles"]["finance"]["detail"]["content_blocks"], 0, "{report}");
+    assert!(report["roles"]["finance"].get("violations").is_none(), "finance has no violations page: {report}");
+    // The screenshots are kept as test artifacts.
+    for name in [
+        "admin-spend",
+        "auditor-violations",
+        "auditor-interaction-detail",
+        "finance-interaction-detail",
+        "finance-budgets",
+    ] {
+        let size = std::fs::metadata(shots.join(format!("{name}.png"))).map(|meta| meta.len()).unwrap_or(0);
+        assert!(size > 5_000, "{name}.png is missing or blank ({size} bytes)");
+    }
+    eprintln!("dashboard screenshots: {}", shots.display());
+}

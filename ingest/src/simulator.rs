@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,6 +24,14 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, Dialect, ErrorClass};
@@ -42,9 +50,25 @@ pub struct SimulatorControl {
     requests: AtomicU64,
     /// Headers of the last chat completion request, for tests of what the gateway sends.
     last_headers: std::sync::Mutex<axum::http::HeaderMap>,
+    /// Behave like a real provider: replies of varied length, a time to first token and a
+    /// pace per chunk that vary, and now and then a 429 or 503.
+    realistic: AtomicBool,
 }
 
 impl SimulatorControl {
+    /// A simulator that behaves like a real provider (for demonstrations): replies of
+    /// 20 to 300 words, 80 to 400 ms before the first token and 10 to 40 ms per chunk,
+    /// and about one request in fifty answered with a 429 or a 503.
+    pub fn realistic() -> Self {
+        let control = SimulatorControl::default();
+        control.realistic.store(true, Ordering::SeqCst);
+        control
+    }
+
+    fn is_realistic(&self) -> bool {
+        self.realistic.load(Ordering::Relaxed)
+    }
+
     pub fn fail_with(&self, status: Option<StatusCode>) {
         self.fail_with_status.store(status.map_or(0, |status| status.as_u16()), Ordering::SeqCst);
     }
@@ -59,7 +83,9 @@ impl SimulatorControl {
     }
 
     fn chunk_delay(&self) -> Duration {
-        self.delay() + Duration::from_millis(self.stream_gap_millis.load(Ordering::SeqCst))
+        let pace =
+            if self.is_realistic() { Duration::from_millis(rand::random_range(10..=40)) } else { Duration::ZERO };
+        self.delay() + pace + Duration::from_millis(self.stream_gap_millis.load(Ordering::SeqCst))
     }
 
     pub fn requests(&self) -> u64 {
@@ -78,11 +104,18 @@ impl SimulatorControl {
     /// Counts the request, waits the configured delay, and returns the injected failure.
     async fn arrive(&self, dialect: Dialect) -> Result<(), Response> {
         self.requests.fetch_add(1, Ordering::SeqCst);
-        let delay = self.delay();
+        let mut delay = self.delay();
+        let mut failure = self.fail_with_status.load(Ordering::SeqCst);
+        if self.is_realistic() {
+            delay += Duration::from_millis(rand::random_range(80..=400));
+            if failure == 0 && rand::random_ratio(1, 50) {
+                failure = if rand::random_bool(0.5) { 429 } else { 503 };
+            }
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        match self.fail_with_status.load(Ordering::SeqCst) {
+        match failure {
             0 => Ok(()),
             code => {
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -127,14 +160,75 @@ pub async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
-/// The simulator's routes, sharing `control`.
+/// The simulator's routes, sharing `control`: the providers' under `/v1`, and a
+/// simulated CRM tool server ([`SimulatedCrm`]) over MCP Streamable HTTP at `/mcp`.
 pub fn router(control: Arc<SimulatorControl>) -> Router {
+    let crm = StreamableHttpService::new(
+        || Ok(SimulatedCrm),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(messages))
         .with_state(control)
+        .nest_service("/mcp", crm)
+}
+
+/// A simulated CRM behind MCP, with three tools: `lookup_customer` (its answer carries a
+/// customer's email and phone number), `search_tickets`, and `delete_customer` (for
+/// trying tool deny-lists).
+#[derive(Debug, Clone, Copy)]
+pub struct SimulatedCrm;
+
+impl ServerHandler for SimulatedCrm {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let schema = |property: &str| {
+            let mut schema = serde_json::Map::new();
+            schema.insert("type".to_owned(), json!("object"));
+            schema.insert("properties".to_owned(), json!({ property: {"type": "string"} }));
+            schema.insert("required".to_owned(), json!([property]));
+            schema
+        };
+        Ok(ListToolsResult::with_all_items(vec![
+            Tool::new("lookup_customer", "A customer's record by id.", schema("customer_id")),
+            Tool::new("search_tickets", "Support tickets matching a query.", schema("query")),
+            Tool::new("delete_customer", "Deletes a customer's record.", schema("customer_id")),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let argument = |name: &str| {
+            request.arguments.as_ref().and_then(|arguments| arguments.get(name)).and_then(Value::as_str).unwrap_or("")
+        };
+        tokio::time::sleep(Duration::from_millis(rand::random_range(5..=60))).await;
+        let text = match request.name.as_ref() {
+            "lookup_customer" => format!(
+                "Customer {}: Ada Lovelace, ada.lovelace@example.com, +44 20 7946 0958, plan enterprise",
+                argument("customer_id")
+            ),
+            "search_tickets" => {
+                format!("3 tickets match `{}`: #4411 (open), #4398 (pending), #4207 (closed)", argument("query"))
+            }
+            "delete_customer" => format!("customer {} deleted", argument("customer_id")),
+            other => return Err(ErrorData::invalid_params(format!("no tool `{other}`"), None)),
+        };
+        Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
+    }
 }
 
 /// Tokens in `text` as the simulator counts them: about four characters a token.
@@ -163,9 +257,21 @@ fn prompt_text(body: &serde_json::Map<String, Value>) -> String {
     text
 }
 
-fn reply_to(prompt: &str) -> String {
+fn reply_to(prompt: &str, realistic: bool) -> String {
     let echoed: String = prompt.chars().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
-    format!("Simulated reply. You said: {echoed}")
+    let mut reply = format!("Simulated reply. You said: {echoed}");
+    if realistic {
+        const WORDS: &[&str] = &[
+            "the", "budget", "model", "answer", "request", "team", "policy", "report", "token", "latency", "provider",
+            "summary", "customer", "quarter", "forecast", "because", "and", "with", "which", "should", "review",
+        ];
+        for _ in 0..rand::random_range(20..=300) {
+            reply.push(' ');
+            reply.push_str(WORDS[rand::random_range(0..WORDS.len())]);
+        }
+        reply.push('.');
+    }
+    reply
 }
 
 /// The reply split into stream chunks of a few words each.
@@ -204,7 +310,7 @@ async fn chat_completions(
         Err(response) => return response,
     };
     let prompt = prompt_text(&request.body);
-    let reply = reply_to(&prompt);
+    let reply = reply_to(&prompt, control.is_realistic());
     let prompt_tokens = simulated_tokens(&prompt);
     let completion_tokens = simulated_tokens(&reply);
     let usage = json!({
@@ -303,7 +409,7 @@ async fn messages(State(control): State<Arc<SimulatorControl>>, body: Bytes) -> 
         Err(response) => return response,
     };
     let prompt = prompt_text(&request.body);
-    let reply = reply_to(&prompt);
+    let reply = reply_to(&prompt, control.is_realistic());
     let input_tokens = simulated_tokens(&prompt);
     let output_tokens = simulated_tokens(&reply);
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());

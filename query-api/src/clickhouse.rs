@@ -256,6 +256,29 @@ impl ClickHouseQueries {
         Ok(EventPage { items, next_cursor })
     }
 
+    /// See [`crate::parquet::ParquetStore::violation_counts`].
+    pub async fn violation_counts(
+        &self,
+        range: crate::params::TimeRange,
+    ) -> Result<Vec<crate::store::ViolationCount>, ApiError> {
+        let sql = "SELECT rule_id, severity, uniqExact(id) AS violations FROM policy_violations \
+                   WHERE time >= ? AND time < ? GROUP BY rule_id, severity ORDER BY violations DESC, rule_id, severity";
+        let rows = self.rows(sql, vec![Value::Int(range.from), Value::Int(range.to)]).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let text =
+                    |name: &str| row.get(name).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+                let violations = match row.get("violations") {
+                    Some(serde_json::Value::String(number)) => number.parse().unwrap_or(0),
+                    Some(value) => value.as_i64().unwrap_or(0),
+                    None => 0,
+                };
+                crate::store::ViolationCount { rule_id: text("rule_id"), severity: text("severity"), violations }
+            })
+            .collect())
+    }
+
     /// See [`crate::parquet::ParquetStore::budget_status`].
     pub async fn budget_status(
         &self,

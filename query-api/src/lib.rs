@@ -21,6 +21,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod clickhouse;
+pub mod dashboard;
 pub mod focus;
 pub mod manage;
 pub mod params;

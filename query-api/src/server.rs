@@ -10,6 +10,9 @@
 //! | `GET /v1/budgets` | all | every budget's newest state, with a forecast to the window's end |
 //! | `GET /v1/decisions` | all | quota decision history |
 //! | `GET /v1/violations` | auditor, admin | policy violations |
+//! | `GET /v1/reports/violations` | auditor, admin | violation counts by rule and severity |
+//! | `GET /v1/whoami` | all | the caller's token name and role |
+//! | `GET /`, `GET /dashboard/{file}` | none (the page asks for a token) | the dashboard (see [`crate::dashboard`]) |
 //! | `GET /v1/governance` | auditor, admin | governance change history (who changed what) |
 //! | `GET /v1/access` | auditor, admin | the access log: every authenticated request (see [`crate::access`]) |
 //! | `GET /v1/checkpoints` | auditor, admin | the Merkle log's newest signed checkpoint per partition |
@@ -207,6 +210,18 @@ pub struct ErrorDetail {
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
+pub struct ViolationReportParams {
+    /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
+    #[param(example = "2026-11-26")]
+    from: String,
+    /// End of the range (exclusive), after `from`.
+    #[param(example = "2026-11-28")]
+    to: String,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct CostReportParams {
     /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
     #[param(example = "2026-11-26")]
@@ -340,6 +355,8 @@ fn names<P: utoipa::IntoParams>() -> Vec<String> {
         list_tokens,
         create_token,
         revoke_token,
+        violation_report,
+        whoami,
         crate::manage::list_keys,
         crate::manage::create_key,
         crate::manage::update_key,
@@ -444,6 +461,8 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
     let v1 = Router::new()
         .route("/v1/reports/cost", get(cost_report))
         .route("/v1/reports/chargeback", get(chargeback))
+        .route("/v1/reports/violations", get(violation_report))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/interactions", get(search))
         .route("/v1/interactions/{id}", get(interaction))
         .route("/v1/budgets", get(budgets))
@@ -461,6 +480,7 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }))
+        .merge(crate::dashboard::routes())
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state))
@@ -775,6 +795,46 @@ fn listing(params: &Params, max_page: usize) -> Result<ListQuery, ApiError> {
         after: params.get("cursor").map(Cursor::decode).transpose()?,
         limit: params.limit(100.min(max_page), max_page)?,
     })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/reports/violations",
+    params(ViolationReportParams),
+    responses(
+        (status = 200, description = "Violations in the range by rule and severity, most frequent first."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "Auditor and admin tokens only.", body = ErrorBody),
+    )
+)]
+async fn violation_report(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    require_auditor(&caller)?;
+    let params = Params::new(pairs(query), &names::<ViolationReportParams>())?;
+    let range = params.time_range()?;
+    let counts = match &state.store {
+        Backend::Parquet(store) => store.violation_counts(range).await?,
+        Backend::ClickHouse(store) => store.violation_counts(range).await?,
+    };
+    let total: i64 = counts.iter().map(|count| count.violations).sum();
+    let lines = counts.len();
+    Ok(counted(Json(serde_json::json!({ "counts": counts, "total": total })).into_response(), lines))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    responses(
+        (status = 200, description = "The caller's token name and role."),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
+async fn whoami(Extension(caller): Extension<Caller>) -> Response {
+    counted(Json(serde_json::json!({ "name": caller.name, "role": caller.role.as_str() })).into_response(), 1)
 }
 
 fn require_auditor(caller: &Caller) -> Result<(), ApiError> {

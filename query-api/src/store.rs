@@ -25,6 +25,14 @@ pub struct CostQuery {
     pub time_zone: String,
 }
 
+/// How many violations of one rule at one severity a time range holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViolationCount {
+    pub rule_id: String,
+    pub severity: String,
+    pub violations: i64,
+}
+
 /// One line of a cost report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CostLine {
@@ -405,6 +413,27 @@ impl ParquetStore {
         let mut items: Vec<E> = self.bound_records(&sql, bind).await?;
         let next_cursor = cut(&mut items, query.limit, |last| (last.time_unix_micros(), last.id()));
         Ok(EventPage { items, next_cursor })
+    }
+
+    /// Violations in `range` by rule and severity, most frequent first.
+    pub async fn violation_counts(&self, range: TimeRange) -> Result<Vec<ViolationCount>, ApiError> {
+        let mut bind = Bind::default();
+        let condition = bind.range(range);
+        let sql = format!(
+            "SELECT rule_id, severity, CAST(count(DISTINCT id) AS BIGINT) AS violations FROM policy_violations \
+             WHERE {condition} GROUP BY rule_id, severity ORDER BY violations DESC, rule_id, severity"
+        );
+        let mut counts = Vec::new();
+        for batch in self.bound(&sql, bind).await? {
+            for row in 0..batch.num_rows() {
+                counts.push(ViolationCount {
+                    rule_id: string(&batch, "rule_id", row).unwrap_or_default(),
+                    severity: string(&batch, "severity", row).unwrap_or_default(),
+                    violations: int(&batch, "violations", row),
+                });
+            }
+        }
+        Ok(counts)
     }
 
     /// The newest decision of every budget (optionally of one subject), as of `now`.

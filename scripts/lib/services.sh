@@ -18,6 +18,9 @@ install_debian_packages() {
     dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
     dpkg -s libsasl2-dev >/dev/null 2>&1 || missing+=(libsasl2-dev)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
+    # The dashboard's browser tests drive Debian's chromium through its chromedriver.
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     if ((${#missing[@]})); then
         say "installing Debian packages: ${missing[*]}"
         as_root apt-get update -qq
