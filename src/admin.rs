@@ -34,6 +34,9 @@ enum AdminCommand {
     /// Budgets per org, team, user or key.
     #[command(subcommand)]
     Budgets(BudgetsCommand),
+    /// Model providers and the models they serve.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
     /// Price catalog versions.
     #[command(subcommand)]
     Catalogs(CatalogsCommand),
@@ -196,6 +199,35 @@ enum BudgetsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ProvidersCommand {
+    List,
+    /// Register a provider (or replace one of the same name); gateways route the models
+    /// given to it, after the targets their configuration gives those models.
+    Set {
+        name: String,
+        /// openai (any OpenAI-compatible server) or anthropic.
+        #[arg(long)]
+        kind: String,
+        /// Base URL without `/v1`, for example https://api.groq.com/openai.
+        #[arg(long)]
+        base_url: String,
+        /// `gen_ai.provider.name` recorded for its calls (it picks the prices). Default: the kind.
+        #[arg(long)]
+        provider: Option<String>,
+        /// The environment variable holding its credential on every gateway.
+        #[arg(long)]
+        api_key_env: Option<String>,
+        /// A public model it serves, as NAME or NAME=PROVIDER_MODEL (repeat for more).
+        #[arg(long = "model")]
+        models: Vec<String>,
+    },
+    /// Stop routing to a registered provider.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CatalogsCommand {
     List,
     /// Publish a new price catalog version from a TOML file (the format of `pricing/catalog.toml`).
@@ -299,6 +331,27 @@ fn plan(command: AdminCommand) -> anyhow::Result<Call> {
         }
         AdminCommand::Budgets(BudgetsCommand::Lift { id }) => {
             call(Method::DELETE, format!("/v1/admin/budgets/{}", segment(&id)))
+        }
+        AdminCommand::Providers(ProvidersCommand::List) => call(Method::GET, "/v1/admin/providers"),
+        AdminCommand::Providers(ProvidersCommand::Set { name, kind, base_url, provider, api_key_env, models }) => {
+            let models: Vec<Value> = models
+                .iter()
+                .map(|model| match model.split_once('=') {
+                    Some((name, upstream_model)) => json!({ "name": name, "model": upstream_model }),
+                    None => json!({ "name": model }),
+                })
+                .collect();
+            let mut body = json!({ "kind": kind, "base_url": base_url, "models": models });
+            if let Some(provider) = provider {
+                body["provider"] = json!(provider);
+            }
+            if let Some(variable) = api_key_env {
+                body["api_key_env"] = json!(variable);
+            }
+            with_json(call(Method::PUT, format!("/v1/admin/providers/{}", segment(&name))), body)
+        }
+        AdminCommand::Providers(ProvidersCommand::Delete { name }) => {
+            call(Method::DELETE, format!("/v1/admin/providers/{}", segment(&name)))
         }
         AdminCommand::Catalogs(CatalogsCommand::List) => call(Method::GET, "/v1/admin/catalogs"),
         AdminCommand::Catalogs(CatalogsCommand::Publish { file }) => {

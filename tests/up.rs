@@ -71,10 +71,20 @@ impl Up {
 
     /// One chat completion with `key`; its status and, when answered, interaction id.
     async fn chat(&self, client: &reqwest::Client, key: &str, stream: bool) -> (StatusCode, Option<String>) {
+        self.chat_with(client, key, "gpt-4o-mini", stream).await
+    }
+
+    async fn chat_with(
+        &self,
+        client: &reqwest::Client,
+        key: &str,
+        model: &str,
+        stream: bool,
+    ) -> (StatusCode, Option<String>) {
         let response = client
             .post(format!("{}/v1/chat/completions", self.gateway))
             .bearer_auth(key)
-            .json(&json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "Count my tokens"}]}))
+            .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Count my tokens"}]}))
             .send()
             .await
             .unwrap();
@@ -217,13 +227,28 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
     let up = Up::start(&dir.path().join("data"), &dir.path().join("up.log")).await;
     let client = reqwest::Client::new();
 
-    // A new key works at once.
+    // A new key, with a budget below one call's cost set before its first call.
     let (ok, made, stderr) =
         up.admin(&["keys", "create", "--id", "key_dana", "--org", "acme", "--team", "growth", "--user", "dana"]).await;
     assert!(ok, "{stderr}");
     let secret = made["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tg-"), "{made}");
-    assert_eq!(up.chat(&client, &secret, false).await.0, StatusCode::OK);
+    let (ok, _, stderr) = up
+        .admin(&[
+            "--reason",
+            "pilot cap",
+            "budgets",
+            "set",
+            "dana-cap",
+            "--subject",
+            "key:key_dana",
+            "--window",
+            "day",
+            "--limit-usd",
+            "0.000001",
+        ])
+        .await;
+    assert!(ok, "{stderr}");
 
     // Bad admin input is refused with the problem named, and changes nothing.
     let keys_before = up.get(&client, "/v1/admin/keys").await;
@@ -281,23 +306,8 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
     assert_eq!(up.get(&client, "/v1/admin/budgets").await, budgets_before);
     assert_eq!(up.get(&client, "/v1/admin/catalogs").await, catalogs_before);
 
-    // A budget below one call's cost: the processor's decision cuts the key off.
-    let (ok, _, stderr) = up
-        .admin(&[
-            "--reason",
-            "pilot cap",
-            "budgets",
-            "set",
-            "dana-cap",
-            "--subject",
-            "key:key_dana",
-            "--window",
-            "day",
-            "--limit-usd",
-            "0.000001",
-        ])
-        .await;
-    assert!(ok, "{stderr}");
+    // The new key works at once; its first call spends the budget, and the processor's
+    // decision cuts the key off.
     assert_eq!(up.chat(&client, &secret, false).await.0, StatusCode::OK, "the budget is not spent yet");
     let started = Instant::now();
     loop {
@@ -317,6 +327,76 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
     assert!(ok, "{stderr}");
     assert_eq!(up.chat(&client, &secret, false).await.0, StatusCode::UNAUTHORIZED);
 
+    // A provider registered through the admin API serves its models at once, on a
+    // gateway that was never told about it; removed, it serves them no more.
+    let control = std::sync::Arc::new(tollgate_ingest::simulator::SimulatorControl::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let self_hosted = listener.local_addr().unwrap();
+    tokio::spawn(tollgate_ingest::simulator::serve(
+        listener,
+        tollgate_ingest::simulator::router(std::sync::Arc::clone(&control)),
+        std::future::pending(),
+    ));
+    let model = "llama-3.3-70b-versatile";
+    let starter = up.gateway_key.clone();
+    assert_eq!(up.chat_with(&client, &starter, model, false).await.0, StatusCode::NOT_FOUND);
+    let (ok, _, stderr) = up
+        .admin(&[
+            "providers",
+            "set",
+            "self-hosted",
+            "--kind",
+            "openai",
+            "--base-url",
+            &format!("http://{self_hosted}"),
+            "--provider",
+            "groq",
+            "--model",
+            model,
+        ])
+        .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(up.chat_with(&client, &starter, model, true).await.0, StatusCode::OK);
+    assert_eq!(control.requests(), 1, "the call went to the registered provider");
+    let listed: Value = client
+        .get(format!("{}/v1/models", up.gateway))
+        .bearer_auth(&starter)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed["data"].as_array().unwrap().iter().any(|entry| entry["id"] == model), "{listed}");
+    let (ok, _, stderr) =
+        up.admin(&["providers", "set", "broken", "--kind", "openai", "--base-url", "ftp://files"]).await;
+    assert!(!ok && stderr.contains("base_url"), "{stderr}");
+    let (ok, _, stderr) =
+        up.admin(&["providers", "set", "broken", "--kind", "carrier-pigeon", "--base-url", "http://x"]).await;
+    assert!(!ok && stderr.contains("kind"), "{stderr}");
+    let (ok, _, stderr) = up.admin(&["providers", "delete", "self-hosted"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(up.chat_with(&client, &starter, model, false).await.0, StatusCode::NOT_FOUND);
+
+    // A new price catalog version is published; the same version again is refused.
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        tollgate_schemas::pricing::SHIPPED_CATALOG.replacen(
+            "version = \"2026-11-01\"",
+            "version = \"2026-12-01-negotiated\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let (ok, published, stderr) = up.admin(&["catalogs", "publish", catalog.to_str().unwrap()]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(published["version"], "2026-12-01-negotiated");
+    let (ok, _, stderr) = up.admin(&["catalogs", "publish", catalog.to_str().unwrap()]).await;
+    assert!(!ok && stderr.contains("published already"), "{stderr}");
+    let (_, catalogs, _) = up.admin(&["catalogs", "list"]).await;
+    assert!(catalogs["versions"].as_array().unwrap().contains(&json!("2026-12-01-negotiated")), "{catalogs}");
+
     // The history names the admin for each change, with the reasons given.
     let started = Instant::now();
     let history = loop {
@@ -324,7 +404,7 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
         assert!(ok, "{stderr}");
         let changes = history["items"].as_array().cloned().unwrap_or_default();
         let by_admin: Vec<Value> = changes.into_iter().filter(|change| change["actor"]["kind"] == "admin").collect();
-        if by_admin.len() >= 3 || started.elapsed() > Duration::from_secs(60) {
+        if by_admin.len() >= 6 || started.elapsed() > Duration::from_secs(60) {
             break by_admin;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -344,6 +424,9 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
         ("virtual_key", "key_dana", "created", "admin"),
         ("budget", "dana-cap", "created", "admin"),
         ("virtual_key", "key_dana", "revoked", "admin"),
+        ("provider", "self-hosted", "created", "admin"),
+        ("provider", "self-hosted", "deleted", "admin"),
+        ("price_catalog", "2026-12-01-negotiated", "created", "admin"),
     ]
     .map(|(kind, id, action, actor)| (kind.to_owned(), id.to_owned(), action.to_owned(), actor.to_owned()));
     assert_eq!(summary, expected, "{history:?}");

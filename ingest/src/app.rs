@@ -21,14 +21,16 @@ use crate::metrics::GatewayMetrics;
 use crate::proxy::{Endpoint, handle};
 use crate::quota::QuotaBook;
 use crate::recorder::Recorder;
-use crate::upstream::Upstreams;
+use crate::upstream::{RouteTable, Routes, Upstreams};
 use tollgate_schemas::pricing::PriceCatalog;
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct GatewayState {
     pub config: GatewayConfig,
-    pub upstreams: Upstreams,
+    /// Upstreams and model routes: the configuration's, plus providers registered
+    /// through governance ([`crate::governance`]).
+    pub routes: Arc<RouteTable>,
     pub recorder: Recorder,
     /// Quota decisions in force and this replica's spend since them.
     pub quota: Arc<QuotaBook>,
@@ -47,12 +49,13 @@ impl GatewayState {
     /// reservations and settled spend are priced with `catalog`.
     pub fn new(config: GatewayConfig, recorder: Recorder, catalog: PriceCatalog) -> Result<Self, reqwest::Error> {
         let upstreams = Upstreams::new(&config)?;
+        let routes = Arc::new(RouteTable::new(Routes { upstreams, models: config.models.clone() }));
         let instance = Arc::from(config.instance_id.as_str());
         let quota = Arc::new(QuotaBook::new(catalog));
-        let metrics = GatewayMetrics::new(recorder.clone(), Arc::clone(&quota), upstreams.iter().cloned().collect());
+        let metrics = GatewayMetrics::new(recorder.clone(), Arc::clone(&quota), Arc::clone(&routes));
         let mcp = McpServers::new(&config.mcp_servers, &config.mcp_allowed_hosts);
         let keys = std::sync::RwLock::new(Arc::new(config.keys.clone()));
-        Ok(GatewayState { config, upstreams, recorder, quota, metrics, instance, mcp, keys })
+        Ok(GatewayState { config, routes, recorder, quota, metrics, instance, mcp, keys })
     }
 
     /// The virtual keys in force now.
@@ -132,16 +135,16 @@ async fn list_models(State(state): State<Arc<GatewayState>>, headers: HeaderMap)
         Ok(key) => key,
         Err(error) => return error.into_response(Dialect::OpenAi),
     };
-    let data: Vec<Value> = state
-        .config
+    let routes = state.routes.load();
+    let data: Vec<Value> = routes
         .models
         .iter()
         .filter(|(name, _)| key.may_use(name))
         .map(|(name, targets)| {
             let owned_by = targets
                 .first()
-                .and_then(|target| state.config.upstreams.get(&target.upstream))
-                .map_or("tollgate", |upstream| upstream.provider.as_str());
+                .and_then(|target| routes.upstreams.get(&target.upstream))
+                .map_or("tollgate", |upstream| upstream.config.provider.as_str());
             json!({"id": name, "object": "model", "created": 0, "owned_by": owned_by})
         })
         .collect();

@@ -18,14 +18,8 @@ use crate::keys::KeyStore;
 use crate::policy::PiiMode;
 use crate::recorder::{FullSpoolPolicy, RecorderConfig};
 
-/// What kind of API an upstream speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpstreamKind {
-    /// OpenAI and every server that speaks its API (Groq, Mistral, vLLM, Ollama, ...).
-    Openai,
-    Anthropic,
-}
+/// What kind of API an upstream speaks (the same as a governed provider's).
+pub use tollgate_schemas::ProviderKind as UpstreamKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -259,7 +253,7 @@ pub struct GatewayConfig {
     pub mcp_allowed_hosts: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub name: String,
     pub kind: UpstreamKind,
@@ -275,6 +269,39 @@ pub struct Upstream {
 pub struct Target {
     pub upstream: String,
     pub model: String,
+}
+
+impl Upstream {
+    /// The upstream a provider registered through governance describes, with its
+    /// credential read through `variable` (the gateway's environment).
+    pub fn from_spec(
+        spec: &tollgate_schemas::ProviderSpec,
+        variable: impl Fn(&str) -> Option<String>,
+    ) -> Result<Upstream, String> {
+        let problems = spec.problems();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let api_key = match &spec.api_key_env {
+            Some(name) => match variable(name) {
+                Some(value) if !value.is_empty() => Some(value),
+                _ => return Err(format!("environment variable {name} is not set on this gateway")),
+            },
+            None => None,
+        };
+        Ok(Upstream {
+            name: spec.name.clone(),
+            kind: spec.kind,
+            base_url: spec.base_url.trim_end_matches('/').to_owned(),
+            provider: spec.provider.clone().unwrap_or_else(|| match spec.kind {
+                UpstreamKind::Openai => "openai".to_owned(),
+                UpstreamKind::Anthropic => "anthropic".to_owned(),
+            }),
+            api_key,
+            connect_timeout: Duration::from_millis(spec.connect_timeout_ms.unwrap_or(2_000)),
+            request_timeout: Duration::from_millis(spec.request_timeout_ms.unwrap_or(120_000)),
+        })
+    }
 }
 
 /// Everything wrong with a configuration, one problem per line.

@@ -1,10 +1,15 @@
-//! Virtual keys and team policies from the governance topic.
+//! Virtual keys, team policies and providers from the governance topic.
 //!
 //! A gateway that follows governance ([`start`]) publishes the keys and team policies of
 //! its configuration file as `GovernanceChange` events (only what the file says anew:
 //! see [`Directory::config_changes`]), reads the whole topic, and from then on serves the
 //! keys the topic gives. A key an admin creates, rotates or revokes on any replica is in
 //! force on every replica as soon as each has read the change, without a restart.
+//!
+//! Providers registered through governance are added to the configuration's upstreams
+//! (replacing one of the same name), and the models they list are routed to them after
+//! the targets the configuration gives those models. The configuration's own upstreams
+//! and models are not published: they stay the file's.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +19,9 @@ use tollgate_schemas::topics::GOVERNANCE;
 use tollgate_schemas::{Actor, ActorKind, Directory, GovernanceChange, TargetKind};
 
 use crate::app::GatewayState;
+use crate::config::{Target, Upstream};
 use crate::keys::KeyStore;
+use crate::upstream::{Routes, Upstreams};
 
 /// How long start-up waits to read the governance topic before giving up.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +59,7 @@ pub async fn start(
                     return;
                 }
             };
-            if !matches!(change.target.kind, TargetKind::VirtualKey | TargetKind::Policy) {
+            if !matches!(change.target.kind, TargetKind::VirtualKey | TargetKind::Policy | TargetKind::Provider) {
                 return;
             }
             let mut directory = directory.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -68,7 +75,11 @@ pub async fn start(
             );
             // While catching up, keys are built once at the end instead of per change.
             if follower.caught_up() {
-                rebuild(&directory, &state);
+                if change.target.kind == TargetKind::Provider {
+                    rebuild_routes(&directory, &state);
+                } else {
+                    rebuild(&directory, &state);
+                }
             }
         }
     };
@@ -98,7 +109,9 @@ pub async fn start(
     {
         return Err(GovernanceError::ReadBack(CATCH_UP_TIMEOUT));
     }
-    rebuild(&directory.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &state);
+    let directory = directory.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    rebuild(&directory, &state);
+    rebuild_routes(&directory, &state);
     Ok(follower)
 }
 
@@ -111,4 +124,42 @@ fn rebuild(directory: &Directory, state: &GatewayState) {
         tracing::warn!(%problem, "a governed key is not in force");
     }
     state.set_keys(store);
+}
+
+/// Builds the routes of the configuration plus the providers `directory` registers, and
+/// puts them in force. Upstreams whose settings did not change keep their clients.
+fn rebuild_routes(directory: &Directory, state: &GatewayState) {
+    let mut upstreams = state.config.upstreams.clone();
+    let mut models = state.config.models.clone();
+    for spec in directory.providers().values() {
+        let upstream = match Upstream::from_spec(spec, |name| std::env::var(name).ok()) {
+            Ok(upstream) => upstream,
+            Err(problem) => {
+                tracing::warn!(provider = %spec.name, %problem, "a registered provider is not in use");
+                continue;
+            }
+        };
+        // A provider replacing a configured upstream takes over its routes too.
+        upstreams.insert(spec.name.clone(), upstream);
+        for model in &spec.models {
+            let target = Target {
+                upstream: spec.name.clone(),
+                model: model.model.clone().unwrap_or_else(|| model.name.clone()),
+            };
+            let targets = models.entry(model.name.clone()).or_default();
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+    }
+    // Routes to a provider that is gone are dropped; a model left without targets is gone.
+    for targets in models.values_mut() {
+        targets.retain(|target| upstreams.contains_key(&target.upstream));
+    }
+    models.retain(|_, targets| !targets.is_empty());
+    let current = state.routes.load();
+    match Upstreams::build(upstreams.values(), &state.config.routing, Some(&current.upstreams)) {
+        Ok(built) => state.routes.store(Routes { upstreams: built, models }),
+        Err(error) => tracing::warn!(%error, "the upstream clients could not be built; the routes stay as they were"),
+    }
 }

@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use crate::breaker::BreakerState;
 use crate::quota::QuotaBook;
 use crate::recorder::Recorder;
-use crate::upstream::UpstreamClient;
+use crate::upstream::RouteTable;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -69,7 +69,7 @@ fn duration_histogram() -> Histogram {
 }
 
 impl GatewayMetrics {
-    pub fn new(recorder: Recorder, quota: Arc<QuotaBook>, upstreams: Vec<Arc<UpstreamClient>>) -> Self {
+    pub fn new(recorder: Recorder, quota: Arc<QuotaBook>, routes: Arc<RouteTable>) -> Self {
         let mut registry = Registry::with_prefix("tollgate_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests on provider routes by route and recorded outcome", requests.clone());
@@ -87,7 +87,7 @@ impl GatewayMetrics {
         );
         let upstream_attempts = Family::<AttemptLabels, Counter>::default();
         registry.register("upstream_attempts", "Attempts sent to each upstream, by result", upstream_attempts.clone());
-        registry.register_collector(Box::new(StateCollector { recorder, quota, upstreams }));
+        registry.register_collector(Box::new(StateCollector { recorder, quota, routes }));
         GatewayMetrics { registry, requests, duration, unauthenticated, upstream_attempts }
     }
 
@@ -106,7 +106,7 @@ impl GatewayMetrics {
 struct StateCollector {
     recorder: Recorder,
     quota: Arc<QuotaBook>,
-    upstreams: Vec<Arc<UpstreamClient>>,
+    routes: Arc<RouteTable>,
 }
 
 impl Collector for StateCollector {
@@ -143,7 +143,8 @@ impl Collector for StateCollector {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for upstream in &self.upstreams {
+        let routes = self.routes.load();
+        for upstream in routes.upstreams.iter() {
             let open = i64::from(upstream.breaker.state() != BreakerState::Closed);
             let labels = [("upstream", upstream.config.name.as_str())];
             ConstGauge::new(open).encode(breakers.encode_family(&labels)?)?;

@@ -217,14 +217,14 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
             .with_code("max_tokens_above_limit");
         return refuse(draft, dialect, error, OutcomeStatus::BlockedByPolicy);
     }
-    let targets: Vec<Target> = state
-        .config
+    let routes = state.routes.load();
+    let targets: Vec<Target> = routes
         .models
         .get(&parsed.model)
         .into_iter()
         .flatten()
         .filter(|target| {
-            state
+            routes
                 .upstreams
                 .get(&target.upstream)
                 .is_some_and(|upstream| upstream.config.kind == endpoint.upstream_kind())
@@ -232,7 +232,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         .cloned()
         .collect();
     if targets.is_empty() {
-        let message = if state.config.models.contains_key(&parsed.model) {
+        let message = if routes.models.contains_key(&parsed.model) {
             format!("The model '{}' is not served on {}.", parsed.model, endpoint.path())
         } else {
             format!("The model '{}' does not exist or you do not have access to it.", parsed.model)
@@ -317,10 +317,11 @@ fn worst_case_cost(
     input_tokens: u64,
 ) -> tollgate_schemas::Nanodollars {
     let catalog = state.quota.catalog();
+    let routes = state.routes.load();
     targets
         .iter()
         .filter_map(|target| {
-            let upstream = state.upstreams.get(&target.upstream)?;
+            let upstream = routes.upstreams.get(&target.upstream)?;
             let price = catalog.model(&upstream.config.provider, &target.model)?;
             let output = parsed.max_tokens.or(price.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
             Some(price.worst_case(input_tokens, output))
@@ -420,8 +421,9 @@ async fn forward(
     let traceparent = draft.trace.traceparent();
     let mut last_failure: Option<Failure> = None;
 
+    let routes = state.routes.load();
     'targets: for (index, target) in targets.iter().enumerate() {
-        let Some(upstream) = state.upstreams.get(&target.upstream) else { continue };
+        let Some(upstream) = routes.upstreams.get(&target.upstream) else { continue };
         let body = if target.model == parsed.model && !inject_usage && !parsed.changed {
             // Nothing to change: the client's bytes go upstream untouched.
             parsed.original.clone()

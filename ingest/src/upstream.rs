@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::breaker::CircuitBreaker;
-use crate::config::{GatewayConfig, Upstream, UpstreamKind};
+use crate::config::{GatewayConfig, RoutingConfig, Target, Upstream, UpstreamKind};
 
 /// The Anthropic API version sent when the client names none.
 pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -42,11 +42,56 @@ pub struct Upstreams {
     by_name: BTreeMap<String, Arc<UpstreamClient>>,
 }
 
+/// Where each public model goes: the upstreams and, per model, its targets in order.
+#[derive(Debug, Default)]
+pub struct Routes {
+    pub upstreams: Upstreams,
+    pub models: BTreeMap<String, Vec<Target>>,
+}
+
+/// The routes in force, replaced whole when governance registers or removes a provider.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    current: std::sync::RwLock<Arc<Routes>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Routes) -> Self {
+        RouteTable { current: std::sync::RwLock::new(Arc::new(routes)) }
+    }
+
+    /// The routes now; a request keeps the snapshot it started with.
+    pub fn load(&self) -> Arc<Routes> {
+        Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn store(&self, routes: Routes) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(routes);
+    }
+}
+
 impl Upstreams {
     /// Builds a client per upstream in `config`.
     pub fn new(config: &GatewayConfig) -> Result<Self, reqwest::Error> {
+        Self::build(config.upstreams.values(), &config.routing, None)
+    }
+
+    /// Builds a client per upstream in `upstreams`. An upstream whose settings are the same
+    /// in `previous` keeps its client (and its pooled connections) and its breaker.
+    pub fn build<'a>(
+        upstreams: impl IntoIterator<Item = &'a Upstream>,
+        routing: &RoutingConfig,
+        previous: Option<&Upstreams>,
+    ) -> Result<Self, reqwest::Error> {
         let mut by_name = BTreeMap::new();
-        for (name, upstream) in &config.upstreams {
+        for upstream in upstreams {
+            let name = &upstream.name;
+            if let Some(kept) =
+                previous.and_then(|previous| previous.by_name.get(name)).filter(|kept| kept.config == *upstream)
+            {
+                by_name.insert(name.clone(), Arc::clone(kept));
+                continue;
+            }
             let client = reqwest::Client::builder()
                 .connect_timeout(upstream.connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -57,8 +102,7 @@ impl Upstreams {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
                 .build()?;
-            let breaker =
-                CircuitBreaker::new(config.routing.breaker_failure_threshold, config.routing.breaker_cool_down);
+            let breaker = CircuitBreaker::new(routing.breaker_failure_threshold, routing.breaker_cool_down);
             let urls = FORWARDED_PATHS
                 .into_iter()
                 .filter_map(|path| {

@@ -406,7 +406,7 @@ async fn an_open_breaker_sends_traffic_straight_to_the_fallback() {
     assert_eq!(status, 200);
     assert_eq!(gateway.primary.requests(), 2, "the open breaker kept traffic away from the primary");
     assert_eq!(gateway.backup.requests(), 2);
-    let state = gateway.state.upstreams.get("primary").unwrap().breaker.state();
+    let state = gateway.state.routes.load().upstreams.get("primary").unwrap().breaker.state();
     assert_eq!(state, tollgate_ingest::breaker::BreakerState::Open);
 
     let events = gateway.interactions(2).await;

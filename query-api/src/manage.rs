@@ -8,6 +8,7 @@
 //! | `POST /v1/admin/keys/{id}/rotate` | a new secret; the old one stops working |
 //! | `GET /v1/admin/teams`, `PUT, DELETE /v1/admin/teams/{id}` | team policies: model and tool allow-lists, PII guard |
 //! | `GET /v1/admin/budgets`, `PUT, DELETE /v1/admin/budgets/{id}` | set, change and lift budgets |
+//! | `GET /v1/admin/providers`, `PUT, DELETE /v1/admin/providers/{name}` | register model providers and the models they serve |
 //! | `GET, POST /v1/admin/catalogs` | price catalog versions; publish a new one (JSON, or TOML with `Content-Type: application/toml`) |
 //!
 //! Each change is one governance event whose actor is the admin's token name, with the
@@ -25,8 +26,8 @@ use axum::{Extension, Json, Router};
 use serde_json::{Map, Value, json};
 use tollgate_schemas::pricing::{PriceCatalog, PriceCatalogDocument};
 use tollgate_schemas::{
-    Actor, ActorKind, BudgetSpec, ChangeAction, GovernanceChange, GovernanceTarget, SCHEMA_VERSION, TargetKind,
-    TeamPolicySpec, VirtualKeySpec,
+    Actor, ActorKind, BudgetSpec, ChangeAction, GovernanceChange, GovernanceTarget, ProviderSpec, SCHEMA_VERSION,
+    TargetKind, TeamPolicySpec, VirtualKeySpec,
 };
 
 use crate::auth::{Caller, Role};
@@ -45,6 +46,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/admin/teams/{id}", put(set_team).delete(delete_team))
         .route("/v1/admin/budgets", get(list_budgets))
         .route("/v1/admin/budgets/{id}", put(set_budget).delete(lift_budget))
+        .route("/v1/admin/providers", get(list_providers))
+        .route("/v1/admin/providers/{name}", put(set_provider).delete(delete_provider))
         .route("/v1/admin/catalogs", get(list_catalogs).post(publish_catalog))
 }
 
@@ -460,6 +463,69 @@ pub(crate) async fn lift_budget(
     }
     publish(&state, &caller, (TargetKind::Budget, &id), ChangeAction::Deleted, Value::Null, reason).await?;
     Ok(answer(StatusCode::OK, json!({ "lifted": id })))
+}
+
+#[utoipa::path(get, path = "/v1/admin/providers", responses(
+    (status = 200, description = "Every provider registered through governance."),
+    (status = 403, description = "Admin tokens only.", body = crate::server::ErrorBody),
+))]
+pub(crate) async fn list_providers(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let providers: Vec<_> = state.tokens.directory().providers().values().cloned().collect();
+    let count = providers.len();
+    Ok(crate::server::counted(Json(json!({ "providers": providers })).into_response(), count))
+}
+
+#[utoipa::path(put, path = "/v1/admin/providers/{name}", params(("name" = String, Path, description = "The provider's upstream name")), responses(
+    (status = 200, description = "The provider, registered or replaced; gateways route its models to it once they read the change."),
+    (status = 400, description = "The body names an unknown field or a bad value.", body = crate::server::ErrorBody),
+))]
+pub(crate) async fn set_provider(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let reason = reason(&headers)?;
+    let mut fields = object(&body)?;
+    if fields.get("name").is_some_and(|given| given.as_str() != Some(name.as_str())) {
+        return Err(ApiError::bad_parameter("name", "the provider's name is the one in the path"));
+    }
+    fields.insert("name".to_owned(), Value::String(name.clone()));
+    let spec: ProviderSpec = typed(Value::Object(fields), "provider")?;
+    invalid(spec.problems())?;
+    let action = if state.tokens.directory().providers().contains_key(&name) {
+        ChangeAction::Updated
+    } else {
+        ChangeAction::Created
+    };
+    let value = serde_json::to_value(&spec).unwrap_or_default();
+    publish(&state, &caller, (TargetKind::Provider, &name), action, value, reason).await?;
+    Ok(answer(StatusCode::OK, json!({ "provider": spec })))
+}
+
+#[utoipa::path(delete, path = "/v1/admin/providers/{name}", params(("name" = String, Path, description = "The provider's upstream name")), responses(
+    (status = 200, description = "Removed: gateways stop routing to it once they read the change."),
+    (status = 404, description = "No provider of that name is registered.", body = crate::server::ErrorBody),
+))]
+pub(crate) async fn delete_provider(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let reason = reason(&headers)?;
+    if !state.tokens.directory().providers().contains_key(&name) {
+        return Err(ApiError::not_found(format!("no provider `{name}` is registered")));
+    }
+    publish(&state, &caller, (TargetKind::Provider, &name), ChangeAction::Deleted, Value::Null, reason).await?;
+    Ok(answer(StatusCode::OK, json!({ "deleted": name })))
 }
 
 #[utoipa::path(get, path = "/v1/admin/catalogs", responses(

@@ -19,7 +19,7 @@
 //! | `GET /v1/proofs/consistency` | auditor, admin | a consistency proof between two signed checkpoints |
 //! | `GET /v1/verify` | auditor, admin | the whole archive checked against the signed checkpoints |
 //! | `GET, POST /v1/admin/tokens`, `DELETE /v1/admin/tokens/{name}` | admin | list, make (or replace) and revoke tokens (see [`crate::admin`]) |
-//! | `/v1/admin/keys`, `/v1/admin/teams`, `/v1/admin/budgets`, `/v1/admin/catalogs` | admin | virtual keys, team policies, budgets, price catalogs (see [`crate::manage`]) |
+//! | `/v1/admin/keys`, `/v1/admin/teams`, `/v1/admin/budgets`, `/v1/admin/providers`, `/v1/admin/catalogs` | admin | virtual keys, team policies, budgets, providers, price catalogs (see [`crate::manage`]) |
 //!
 //! Finance tokens never receive captured content: it is removed from every interaction
 //! before the response is made.
@@ -368,6 +368,9 @@ fn names<P: utoipa::IntoParams>() -> Vec<String> {
         crate::manage::list_budgets,
         crate::manage::set_budget,
         crate::manage::lift_budget,
+        crate::manage::list_providers,
+        crate::manage::set_provider,
+        crate::manage::delete_provider,
         crate::manage::list_catalogs,
         crate::manage::publish_catalog
     ),

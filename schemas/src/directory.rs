@@ -89,6 +89,94 @@ pub struct TeamPolicySpec {
     pub denied_tools: Option<Vec<String>>,
 }
 
+/// What API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI and every server that speaks its API (Groq, Mistral, vLLM, Ollama, ...).
+    Openai,
+    Anthropic,
+}
+
+/// A public model name a registered provider serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderModelSpec {
+    /// The name clients send.
+    pub name: String,
+    /// The name sent to the provider. Default: the public name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// A model provider registered through governance: the `value` of a `provider` change
+/// (the target id is its name). Gateways add it to the upstreams of their configuration
+/// (replacing one of the same name) and route `models` to it, after the targets their
+/// configuration gives those models. The credential is named, never carried: each
+/// gateway reads it from the environment variable `api_key_env`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// The upstream's name: letters, digits, `-` and `_`.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL without the `/v1` suffix, for example `https://api.groq.com/openai`.
+    pub base_url: String,
+    /// `gen_ai.provider.name` recorded for calls served here (it picks the prices).
+    /// Default: the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Environment variable holding the credential on every gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub models: Vec<ProviderModelSpec>,
+}
+
+impl ProviderSpec {
+    /// Every problem with the spec, in words; empty when it is usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let name_ok = |name: &str| {
+            (1..=64).contains(&name.len())
+                && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_".contains(&byte))
+        };
+        if !name_ok(&self.name) {
+            problems.push(format!("name `{}` must be 1 to 64 of A-Z a-z 0-9 - _", self.name));
+        }
+        let url = &self.base_url;
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        if rest.is_none_or(|rest| rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace)) {
+            problems.push(format!("base_url `{url}` must be an http:// or https:// URL"));
+        }
+        if let Some(variable) = &self.api_key_env
+            && (variable.is_empty() || !variable.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_'))
+        {
+            problems.push(format!("api_key_env `{variable}` must be an environment variable name"));
+        }
+        for (field, value) in
+            [("connect_timeout_ms", self.connect_timeout_ms), ("request_timeout_ms", self.request_timeout_ms)]
+        {
+            if value == Some(0) {
+                problems.push(format!("{field} must be greater than zero"));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for model in &self.models {
+            if model.name.trim().is_empty() || model.model.as_deref().is_some_and(|name| name.trim().is_empty()) {
+                problems.push("models: a model name must not be empty".to_owned());
+            } else if !names.insert(model.name.as_str()) {
+                problems.push(format!("models: `{}` is listed twice", model.name));
+            }
+        }
+        problems
+    }
+}
+
 /// Whether `id` is usable as a key, team, org or user id: 1 to 128 of `A-Za-z0-9._:@-`.
 pub fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._:@-".contains(&byte))
@@ -173,6 +261,7 @@ pub struct Directory {
     keys: BTreeMap<String, KeyState>,
     teams: BTreeMap<String, TeamPolicySpec>,
     budgets: BTreeMap<String, BudgetSpec>,
+    providers: BTreeMap<String, ProviderSpec>,
     catalogs: BTreeSet<String>,
     /// Per target key, the value a configuration file last published for it.
     from_config: HashMap<String, serde_json::Value>,
@@ -228,6 +317,17 @@ impl Directory {
                     serde_json::from_value(change.value.clone()).map_err(|error| format!("budget `{id}`: {error}"))?;
                 self.budgets.insert(id.clone(), spec);
             }
+            TargetKind::Provider if removes => {
+                self.providers.remove(id);
+            }
+            TargetKind::Provider => {
+                let spec: ProviderSpec = serde_json::from_value(change.value.clone())
+                    .map_err(|error| format!("provider `{id}`: {error}"))?;
+                if spec.name != *id {
+                    return Err(format!("provider `{id}`: the value is for provider `{}`", spec.name));
+                }
+                self.providers.insert(id.clone(), spec);
+            }
             TargetKind::PriceCatalog if !change.value.is_null() => {
                 self.catalogs.insert(id.clone());
             }
@@ -251,6 +351,11 @@ impl Directory {
     /// The budgets in force, by id.
     pub fn budgets(&self) -> &BTreeMap<String, BudgetSpec> {
         &self.budgets
+    }
+
+    /// The providers registered, by name.
+    pub fn providers(&self) -> &BTreeMap<String, ProviderSpec> {
+        &self.providers
     }
 
     /// The price catalog versions published.

@@ -43,7 +43,9 @@ pub use budget::{BudgetSpec, SpendEntry, SubjectChange, SubjectUpdate};
 pub use codec::{DecodeError, EncodeError, Event, decode, encode};
 pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
-pub use directory::{Directory, PiiGuardMode, TeamPolicySpec, VirtualKeySpec};
+pub use directory::{
+    Directory, PiiGuardMode, ProviderKind, ProviderModelSpec, ProviderSpec, TeamPolicySpec, VirtualKeySpec,
+};
 pub use governance::{Actor, ActorKind, ChangeAction, GovernanceChange, GovernanceTarget, TargetKind};
 pub use interaction::{
     Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, InteractionKind, ModelCall, Outcome,
