@@ -66,6 +66,7 @@ fn secret(persona: &Persona) -> String {
 pub fn gateway_config(simulator: SocketAddr, starter_key_sha256: &str) -> String {
     let mut text = format!(
         "[server]\ninstance_id = \"up\"\n\n[capture]\nmode = \"full\"\n\n\
+         [routing]\nattempts_per_target = 3\n\n\
          [[upstreams]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://{simulator}\"\n\n\
          [[upstreams]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"http://{simulator}\"\n\n\
          [[mcp_servers]]\nname = \"crm\"\nurl = \"http://{simulator}/mcp\"\n\n\

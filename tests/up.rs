@@ -471,6 +471,19 @@ async fn the_dashboard_shows_every_page_to_each_role_in_headless_chromium() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
 
+    // The README's example: the official OpenAI SDK against the gateway, with the key
+    // `up` printed.
+    let snippet = format!(
+        "from openai import OpenAI\n\
+         client = OpenAI(base_url='{}/v1', api_key='{}')\n\
+         reply = client.chat.completions.create(model='gpt-4o', messages=[{{'role': 'user', 'content': 'Hi'}}])\n\
+         print(reply.choices[0].message.content)\n",
+        up.gateway, up.gateway_key
+    );
+    let output = tokio::process::Command::new(&python).args(["-c", &snippet]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("You said: Hi"));
+
     let mut roles = vec![format!("admin={}", up.admin_token)];
     for role in ["auditor", "finance"] {
         let (ok, made, stderr) = up.admin(&["tokens", "create", &format!("dashboard-{role}"), "--role", role]).await;
