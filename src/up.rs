@@ -333,3 +333,58 @@ pub fn banner(running: &Running) -> String {
     text.push_str("\nThe secrets above are kept in credentials.toml in the data directory. Ctrl-C stops.\n");
     text
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
+
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn without_a_provider_credential_up_says_what_to_do() {
+        let error = default_gateway_config(&HashMap::new(), "tg-secret").unwrap_err().to_string();
+        assert!(error.contains("OPENAI_API_KEY") && error.contains("--demo") && error.contains("--config"), "{error}");
+    }
+
+    #[test]
+    fn the_providers_with_a_credential_serve_their_models_to_the_starter_key() {
+        let environment = HashMap::from([("ANTHROPIC_API_KEY".to_owned(), "sk-ant-test".to_owned())]);
+        let text = default_gateway_config(&environment, "tg-secret").unwrap();
+        let config = GatewayConfig::from_toml(&text, &environment).unwrap();
+        assert_eq!(config.upstreams.keys().collect::<Vec<_>>(), ["anthropic"]);
+        assert!(config.models.contains_key("claude-sonnet-4-5") && !config.models.contains_key("gpt-4o"));
+        let starter = &config.key_specs[0];
+        assert_eq!(starter.secret_sha256, tollgate_ingest::keys::hash_secret("tg-secret"));
+        assert_eq!(starter.allowed_models, None);
+    }
+
+    #[test]
+    fn credentials_are_made_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Credentials::load_or_create(dir.path()).unwrap();
+        let again = Credentials::load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            (first.gateway_key.as_str(), first.admin_token.as_str()),
+            (again.gateway_key.as_str(), again.admin_token.as_str())
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join(CREDENTIALS_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn the_demo_configuration_is_valid() {
+        let text = crate::demo::gateway_config("127.0.0.1:9".parse().unwrap(), &"0".repeat(64));
+        let config = GatewayConfig::from_toml(&text, &HashMap::new()).unwrap();
+        assert_eq!(config.key_specs.len(), 5);
+        assert!(config.mcp_servers.contains_key("crm"));
+        for (id, spec) in crate::demo::budgets() {
+            spec.validate().unwrap_or_else(|problem| panic!("{id}: {problem}"));
+        }
+    }
+}
