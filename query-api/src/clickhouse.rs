@@ -131,7 +131,7 @@ impl ClickHouseQueries {
     }
 
     /// Rows of `statement` (with `?` placeholders bound by `bind`) as JSON objects.
-    async fn rows(&self, sql: &str, bind: Vec<Value>) -> Result<Vec<JsonRow>, ApiError> {
+    pub(crate) async fn rows(&self, sql: &str, bind: Vec<Value>) -> Result<Vec<JsonRow>, ApiError> {
         let mut statement = self.client.query(sql);
         for value in &bind {
             statement = match value {
@@ -319,7 +319,7 @@ async fn json_rows(statement: clickhouse::query::Query) -> Result<Vec<JsonRow>, 
 }
 
 /// A bound value.
-enum Value {
+pub(crate) enum Value {
     Text(String),
     Int(i64),
 }

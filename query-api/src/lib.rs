@@ -26,5 +26,6 @@ pub mod focus;
 pub mod manage;
 pub mod params;
 pub mod parquet;
+pub mod performance;
 pub mod server;
 pub mod store;

@@ -11,6 +11,8 @@
 //! | `GET /v1/decisions` | all | quota decision history |
 //! | `GET /v1/violations` | auditor, admin | policy violations |
 //! | `GET /v1/reports/violations` | auditor, admin | violation counts by rule and severity |
+//! | `GET /v1/reports/latency` | all | latency percentiles of model calls by provider, upstream or model (see [`crate::performance`]) |
+//! | `GET /v1/reports/reliability` | all | outcomes, error, retry and fallback rates, fallback targets |
 //! | `GET /v1/whoami` | all | the caller's token name and role |
 //! | `GET /`, `GET /dashboard/{file}` | none (the page asks for a token) | the dashboard (see [`crate::dashboard`]) |
 //! | `GET /v1/governance` | auditor, admin | governance change history (who changed what) |
@@ -210,6 +212,39 @@ pub struct ErrorDetail {
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
+pub struct LatencyReportParams {
+    /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
+    #[param(example = "2026-11-26")]
+    from: String,
+    /// End of the range (exclusive), after `from`.
+    #[param(example = "2026-11-28")]
+    to: String,
+    /// Comma-separated groupings: provider, upstream, model (the public name), routed_model.
+    #[param(example = "provider,model")]
+    group_by: Option<String>,
+    /// Time buckets (UTC): hour or day.
+    #[param(pattern = "^(hour|day)$")]
+    bucket: Option<String>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ReliabilityReportParams {
+    /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
+    #[param(example = "2026-11-26")]
+    from: String,
+    /// End of the range (exclusive), after `from`.
+    #[param(example = "2026-11-28")]
+    to: String,
+    /// Comma-separated groupings: provider, upstream, model (the public name), routed_model.
+    #[param(example = "model")]
+    group_by: Option<String>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct ViolationReportParams {
     /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
     #[param(example = "2026-11-26")]
@@ -356,6 +391,8 @@ fn names<P: utoipa::IntoParams>() -> Vec<String> {
         create_token,
         revoke_token,
         violation_report,
+        latency_report,
+        reliability_report,
         whoami,
         crate::manage::list_keys,
         crate::manage::create_key,
@@ -465,6 +502,8 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
         .route("/v1/reports/cost", get(cost_report))
         .route("/v1/reports/chargeback", get(chargeback))
         .route("/v1/reports/violations", get(violation_report))
+        .route("/v1/reports/latency", get(latency_report))
+        .route("/v1/reports/reliability", get(reliability_report))
         .route("/v1/whoami", get(whoami))
         .route("/v1/interactions", get(search))
         .route("/v1/interactions/{id}", get(interaction))
@@ -826,6 +865,67 @@ async fn violation_report(
     let total: i64 = counts.iter().map(|count| count.violations).sum();
     let lines = counts.len();
     Ok(counted(Json(serde_json::json!({ "counts": counts, "total": total })).into_response(), lines))
+}
+
+fn performance_query(params: &Params, buckets: bool) -> Result<crate::performance::PerformanceQuery, ApiError> {
+    let range = params.time_range()?;
+    let group_by = match params.get("group_by") {
+        Some(text) => crate::performance::PerformanceGroup::parse_list(text)?,
+        None => Vec::new(),
+    };
+    let bucket = match params.get("bucket") {
+        None => None,
+        Some(_) if !buckets => return Err(ApiError::bad_parameter("bucket", "this report has no time buckets")),
+        Some("hour") => Some(Bucket::Hour),
+        Some("day") => Some(Bucket::Day),
+        Some(other) => return Err(ApiError::bad_parameter("bucket", format!("`{other}` is not hour or day"))),
+    };
+    Ok(crate::performance::PerformanceQuery { range, group_by, bucket })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/reports/latency",
+    params(LatencyReportParams),
+    responses(
+        (status = 200, description = "Latency of successful model calls per group and bucket: count, duration p50/p95/p99, time to first token p50/p95 (streams), gateway overhead p50/p95, output tokens per second."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
+async fn latency_report(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let params = Params::new(pairs(query), &names::<LatencyReportParams>())?;
+    let query = performance_query(&params, true)?;
+    let lines = match &state.store {
+        Backend::Parquet(store) => store.latency(&query).await?,
+        Backend::ClickHouse(store) => store.latency(&query).await?,
+    };
+    let count = lines.len();
+    Ok(counted(Json(serde_json::json!({ "lines": lines })).into_response(), count))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/reports/reliability",
+    params(ReliabilityReportParams),
+    responses(
+        (status = 200, description = "Model calls per group by outcome, with error, retry and fallback rates, and the fallback targets that served."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
+async fn reliability_report(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::new(pairs(query), &names::<ReliabilityReportParams>())?;
+    let query = performance_query(&params, false)?;
+    let report = match &state.store {
+        Backend::Parquet(store) => store.reliability(&query).await?,
+        Backend::ClickHouse(store) => store.reliability(&query).await?,
+    };
+    let count = report.lines.len() + report.fallback_targets.len();
+    Ok(counted(Json(report).into_response(), count))
 }
 
 #[utoipa::path(

@@ -113,13 +113,13 @@ fn text(value: &str) -> ScalarValue {
 
 /// Bound parameters, numbered as they are added.
 #[derive(Default)]
-struct Bind {
+pub(crate) struct Bind {
     values: Vec<ScalarValue>,
 }
 
 impl Bind {
     /// Adds `value` and returns its placeholder.
-    fn add(&mut self, value: ScalarValue) -> String {
+    pub(crate) fn add(&mut self, value: ScalarValue) -> String {
         self.values.push(value);
         format!("${}", self.values.len())
     }
@@ -145,7 +145,7 @@ impl Bind {
     }
 
     /// The time range as conditions, with the date partitions it touches.
-    fn range(&mut self, range: TimeRange) -> String {
+    pub(crate) fn range(&mut self, range: TimeRange) -> String {
         let from = self.add(timestamp(range.from));
         let to = self.add(timestamp(range.to));
         let first = self.add(text(&tollgate_schemas::archive::date_partition(range.from)));
@@ -155,7 +155,7 @@ impl Bind {
 }
 
 impl ParquetStore {
-    async fn bound(&self, sql: &str, bind: Bind) -> Result<Vec<RecordBatch>, ApiError> {
+    pub(crate) async fn bound(&self, sql: &str, bind: Bind) -> Result<Vec<RecordBatch>, ApiError> {
         let frame = self.context().sql(sql).await.map_err(engine)?;
         let frame = frame.with_param_values(bind.values).map_err(engine)?;
         frame.collect().await.map_err(engine)
@@ -492,7 +492,7 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
     batch.column_by_name(name).map(|array| array.as_ref())
 }
 
-fn int(batch: &RecordBatch, name: &str, row: usize) -> i64 {
+pub(crate) fn int(batch: &RecordBatch, name: &str, row: usize) -> i64 {
     let Some(array) = column(batch, name) else { return 0 };
     if array.is_null(row) {
         return 0;
@@ -504,7 +504,7 @@ fn int(batch: &RecordBatch, name: &str, row: usize) -> i64 {
     }
 }
 
-fn string(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+pub(crate) fn string(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
     let array = column(batch, name)?;
     if array.is_null(row) {
         return None;
@@ -517,12 +517,25 @@ fn string(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
     }
 }
 
-fn micros(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
+pub(crate) fn micros(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
     let array = column(batch, name)?;
     match array.data_type() {
         DataType::Timestamp(TimeUnit::Microsecond, _) if !array.is_null(row) => {
             Some(array.as_primitive::<TimestampMicrosecondType>().value(row))
         }
+        _ => None,
+    }
+}
+
+/// A floating-point cell (percentiles); `None` when null.
+pub(crate) fn float(batch: &RecordBatch, name: &str, row: usize) -> Option<f64> {
+    let array = column(batch, name)?;
+    if array.is_null(row) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Float64 => Some(array.as_primitive::<datafusion::arrow::datatypes::Float64Type>().value(row)),
+        DataType::Int64 | DataType::UInt64 => Some(int(batch, name, row) as f64),
         _ => None,
     }
 }
