@@ -11,6 +11,7 @@ const state = {
   governanceCursor: null,
   interactions: [],
   governance: [],
+  performance: null,
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -205,6 +206,119 @@ async function showBudgets() {
       ]),
     ),
   );
+}
+
+// --- Performance --------------------------------------------------------------------
+
+function ms(micros) {
+  return micros === null || micros === undefined ? "-" : (Number(micros) / 1000).toFixed(1) + " ms";
+}
+
+function percent(rate) {
+  return (Number(rate) * 100).toFixed(1) + "%";
+}
+
+async function showPerformance() {
+  const { from, to, days } = range();
+  const group = $("#performance-group").value;
+  const bucket = days <= 2 ? "hour" : "day";
+  const [series, totals, reliability] = await Promise.all([
+    api("/v1/reports/latency?" + query({ from, to, group_by: group, bucket })),
+    api("/v1/reports/latency?" + query({ from, to, group_by: group })),
+    api("/v1/reports/reliability?" + query({ from, to, group_by: group })),
+  ]);
+  const buckets = [...new Set(series.lines.map((line) => line.bucket_start))].sort();
+  const names = [...new Set(series.lines.map((line) => line[group] || "(none)"))].sort();
+  chart("latency-chart", {
+    type: "line",
+    data: {
+      labels: buckets.map((start) => start.replace("T", " ").slice(0, bucket === "hour" ? 16 : 10)),
+      datasets: names.map((name) => ({
+        label: name + " p95",
+        data: buckets.map((start) => {
+          const line = series.lines.find((l) => l.bucket_start === start && (l[group] || "(none)") === name);
+          return line && line.duration_p95_us !== null ? Number(line.duration_p95_us) / 1000 : null;
+        }),
+        spanGaps: true,
+      })),
+    },
+    options: { maintainAspectRatio: false, animation: false, scales: { y: { title: { display: true, text: "ms" } } } },
+  });
+  state.performance = { group, totals: totals.lines, reliability };
+  fill(
+    $("#latency tbody"),
+    totals.lines.map((line) =>
+      row([
+        cell(line[group] || "(none)"),
+        cell(line.requests, "num"),
+        cell(ms(line.duration_p50_us), "num"),
+        cell(ms(line.duration_p95_us), "num"),
+        cell(ms(line.duration_p99_us), "num"),
+        cell(ms(line.time_to_first_token_p50_us), "num"),
+        cell(ms(line.time_to_first_token_p95_us), "num"),
+        cell(ms(line.gateway_overhead_p95_us), "num"),
+        cell(line.output_tokens_per_second ?? "-", "num"),
+      ]),
+    ),
+  );
+  const lines = reliability.lines;
+  chart("reliability-chart", {
+    type: "bar",
+    data: {
+      labels: lines.map((line) => line[group] || "(none)"),
+      datasets: [
+        { label: "error rate %", data: lines.map((line) => Number(line.error_rate) * 100), backgroundColor: "#d92d20" },
+        { label: "retry rate %", data: lines.map((line) => Number(line.retry_rate) * 100), backgroundColor: "#f79009" },
+        { label: "fallback rate %", data: lines.map((line) => Number(line.fallback_rate) * 100), backgroundColor: "#2f5bd3" },
+      ],
+    },
+    options: { maintainAspectRatio: false, animation: false, scales: { y: { title: { display: true, text: "% of calls" } } } },
+  });
+  fill(
+    $("#reliability tbody"),
+    lines.map((line) =>
+      row([
+        cell(line[group] || "(none)"),
+        cell(line.requests, "num"),
+        cell(line.errors + " (" + percent(line.error_rate) + ")", "num"),
+        cell(line.retried + " (" + percent(line.retry_rate) + ")", "num"),
+        cell(line.fallbacks + " (" + percent(line.fallback_rate) + ")", "num"),
+        cell(Object.entries(line.outcomes).map(([outcome, count]) => outcome + " " + count).join(", ")),
+      ]),
+    ),
+  );
+  fill(
+    $("#fallbacks tbody"),
+    reliability.fallback_targets.map((target) =>
+      row([cell(target.model), cell(target.served_by_upstream), cell(target.served_by_model), cell(target.requests, "num")]),
+    ),
+  );
+}
+
+function performanceCsv() {
+  const data = state.performance;
+  if (!data) return;
+  const lines = [["group", "calls", "duration_p50_us", "duration_p95_us", "duration_p99_us", "ttft_p50_us", "ttft_p95_us", "overhead_p50_us", "overhead_p95_us", "output_tokens_per_second", "errors", "retried", "fallbacks"]];
+  for (const line of data.totals) {
+    const name = line[data.group];
+    const reliability = data.reliability.lines.find((r) => r[data.group] === name) || {};
+    lines.push([
+      name,
+      line.requests,
+      line.duration_p50_us,
+      line.duration_p95_us,
+      line.duration_p99_us,
+      line.time_to_first_token_p50_us,
+      line.time_to_first_token_p95_us,
+      line.gateway_overhead_p50_us,
+      line.gateway_overhead_p95_us,
+      line.output_tokens_per_second,
+      reliability.errors,
+      reliability.retried,
+      reliability.fallbacks,
+    ]);
+  }
+  download("tollgate-performance.csv", csv(lines), "text/csv");
 }
 
 // --- Violations ---------------------------------------------------------------------
@@ -480,6 +594,7 @@ async function route() {
   try {
     if (name === "spend") await showSpend();
     if (name === "budgets") await showBudgets();
+    if (name === "performance") await showPerformance();
     if (name === "violations") await showViolations();
     if (name === "interactions") {
       $("#detail").hidden = true;
@@ -536,6 +651,8 @@ function start() {
   });
   $("#more").addEventListener("click", () => showInteractions(true).catch((error) => status(error.message)));
   $("#search-csv").addEventListener("click", interactionsCsv);
+  $("#performance-group").addEventListener("change", () => showPerformance().catch((error) => status(error.message)));
+  $("#performance-csv").addEventListener("click", performanceCsv);
   $("#governance-more").addEventListener("click", () => showGovernance(true).catch((error) => status(error.message)));
   $("#governance-csv").addEventListener("click", governanceCsv);
   window.addEventListener("hashchange", route);

@@ -4,8 +4,8 @@
 //!
 //! The page asks for a query API token, keeps it for the browser tab only, and calls the
 //! same `/v1` endpoints as any client, so roles apply as they do there: finance sees
-//! spend, budgets and interactions without content; auditors and admins also see
-//! content, violations and the governance history. Every chart and table is drawn from an
+//! spend, budgets, performance (latency and reliability) and interactions without
+//! content; auditors and admins also see content, violations and the governance history. Every chart and table is drawn from an
 //! aggregate or a page the server computes; the page never downloads raw rows in bulk.
 
 use axum::Router;

@@ -20,14 +20,20 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 PAGES = {
-    "finance": ["spend", "budgets", "interactions"],
-    "auditor": ["spend", "budgets", "violations", "interactions", "governance"],
-    "admin": ["spend", "budgets", "violations", "interactions", "governance"],
+    "finance": ["spend", "budgets", "performance", "interactions"],
+    "auditor": ["spend", "budgets", "performance", "violations", "interactions", "governance"],
+    "admin": ["spend", "budgets", "performance", "violations", "interactions", "governance"],
 }
-CHARTS = {"spend": "spend-chart", "budgets": "budget-chart", "violations": "violation-chart"}
+CHARTS = {
+    "spend": ["spend-chart"],
+    "budgets": ["budget-chart"],
+    "performance": ["latency-chart", "reliability-chart"],
+    "violations": ["violation-chart"],
+}
 TABLES = {
     "spend": "#top-spenders tbody tr",
     "budgets": "#budgets tbody tr",
+    "performance": "#latency tbody tr",
     "violations": "#violation-counts tbody tr",
     "interactions": "#interactions tbody tr",
     "governance": "#governance tbody tr",
@@ -81,16 +87,16 @@ def check_role(base, role, token, interaction_id, shots):
             info = {"rows": rows}
             if rows == 0:
                 problems.append(f"{role}/{page}: the table is empty")
-            chart = CHARTS.get(page)
-            if chart:
+            for chart in CHARTS.get(page, []):
                 points = driver.execute_script(
                     "const c = Chart.getChart(arguments[0]);"
                     "return c ? c.data.datasets.reduce((n, d) => n + d.data.filter(v => v > 0).length, 0) : -1;",
                     chart,
                 )
-                info["chart_points"] = points
+                info.setdefault("chart_points", 0)
+                info["chart_points"] += max(points, 0)
                 if points <= 0:
-                    problems.append(f"{role}/{page}: the chart has no data ({points})")
+                    problems.append(f"{role}/{page}: the chart {chart} has no data ({points})")
             errors = console_errors(driver)
             if errors:
                 problems.append(f"{role}/{page}: console errors: {errors}")
