@@ -434,6 +434,18 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
     .map(|(kind, id, action, actor)| (kind.to_owned(), id.to_owned(), action.to_owned(), actor.to_owned()));
     assert_eq!(summary, expected, "{history:?}");
     assert_eq!(history[2]["reason"], "left the company");
+
+    // Lifting: once, then there is nothing to lift; a team policy likewise.
+    let (ok, lifted, stderr) = up.admin(&["budgets", "lift", "dana-cap"]).await;
+    assert!(ok && lifted["lifted"] == "dana-cap", "{stderr}");
+    let (ok, _, stderr) = up.admin(&["budgets", "lift", "dana-cap"]).await;
+    assert!(!ok && stderr.contains("no budget `dana-cap` in force"), "{stderr}");
+    let (ok, _, stderr) = up.admin(&["teams", "set", "growth", "--allow-model", "gpt-4o*"]).await;
+    assert!(ok, "{stderr}");
+    let (ok, deleted, stderr) = up.admin(&["teams", "delete", "growth"]).await;
+    assert!(ok && deleted["deleted"] == "growth", "{stderr}");
+    let (ok, _, stderr) = up.admin(&["teams", "delete", "growth"]).await;
+    assert!(!ok && stderr.contains("404"), "{stderr}");
 }
 
 /// How long the demo traffic may take to fill every view.

@@ -117,6 +117,26 @@ async fn publish(
     Ok(change)
 }
 
+/// Publishes the deletion of `target` by an admin, or answers 404 with `missing` when
+/// `exists` is false; the answer is `{done: id}`.
+async fn remove(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    target: (TargetKind, &str),
+    exists: impl FnOnce(&tollgate_schemas::Directory) -> bool,
+    missing: String,
+    done: &str,
+) -> Result<Response, ApiError> {
+    require_admin(caller)?;
+    let reason = reason(headers)?;
+    if !exists(&state.tokens.directory()) {
+        return Err(ApiError::not_found(missing));
+    }
+    publish(state, caller, target, ChangeAction::Deleted, Value::Null, reason).await?;
+    Ok(answer(StatusCode::OK, json!({ done: target.1 })))
+}
+
 fn answer(status: StatusCode, body: Value) -> Response {
     crate::server::counted((status, Json(body)).into_response(), 1)
 }
@@ -371,13 +391,17 @@ pub(crate) async fn delete_team(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&caller)?;
-    let reason = reason(&headers)?;
-    if !state.tokens.directory().teams().contains_key(&id) {
-        return Err(ApiError::not_found(format!("no policy for team `{id}`")));
-    }
-    publish(&state, &caller, (TargetKind::Policy, &id), ChangeAction::Deleted, Value::Null, reason).await?;
-    Ok(answer(StatusCode::OK, json!({ "deleted": id })))
+    let missing = format!("no policy for team `{id}`");
+    remove(
+        &state,
+        &caller,
+        &headers,
+        (TargetKind::Policy, &id),
+        |directory| directory.teams().contains_key(&id),
+        missing,
+        "deleted",
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/admin/budgets", responses(
@@ -456,13 +480,17 @@ pub(crate) async fn lift_budget(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&caller)?;
-    let reason = reason(&headers)?;
-    if !state.tokens.directory().budgets().contains_key(&id) {
-        return Err(ApiError::not_found(format!("no budget `{id}` in force")));
-    }
-    publish(&state, &caller, (TargetKind::Budget, &id), ChangeAction::Deleted, Value::Null, reason).await?;
-    Ok(answer(StatusCode::OK, json!({ "lifted": id })))
+    let missing = format!("no budget `{id}` in force");
+    remove(
+        &state,
+        &caller,
+        &headers,
+        (TargetKind::Budget, &id),
+        |directory| directory.budgets().contains_key(&id),
+        missing,
+        "lifted",
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/admin/providers", responses(
@@ -519,13 +547,9 @@ pub(crate) async fn delete_provider(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&caller)?;
-    let reason = reason(&headers)?;
-    if !state.tokens.directory().providers().contains_key(&name) {
-        return Err(ApiError::not_found(format!("no provider `{name}` is registered")));
-    }
-    publish(&state, &caller, (TargetKind::Provider, &name), ChangeAction::Deleted, Value::Null, reason).await?;
-    Ok(answer(StatusCode::OK, json!({ "deleted": name })))
+    let missing = format!("no provider `{name}` is registered");
+    let exists = |directory: &tollgate_schemas::Directory| directory.providers().contains_key(&name);
+    remove(&state, &caller, &headers, (TargetKind::Provider, &name), exists, missing, "deleted").await
 }
 
 #[utoipa::path(get, path = "/v1/admin/catalogs", responses(
