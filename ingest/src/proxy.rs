@@ -36,7 +36,7 @@ use crate::metrics::{AttemptLabels, RequestLabels, RouteLabels};
 use crate::policy::{PiiMode, guard_prompt};
 use crate::request::{parse_chat_completion, parse_embeddings, parse_messages};
 use crate::stream::MeteredStream;
-use crate::upstream::{UpstreamClient, is_passed_back};
+use crate::upstream::{Routes, UpstreamClient, is_passed_back};
 use crate::usage;
 
 /// Header carrying the id of the recorded interaction, for looking it up later.
@@ -288,7 +288,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
             }
         }
 
-        let worst_case = || worst_case_cost(&state, &targets, &parsed, count_prompt());
+        let worst_case = || worst_case_cost(&state, &routes, &targets, &parsed, count_prompt());
         match state.quota.admit(&key.principal, worst_case, tollgate_schemas::now_unix_micros()) {
             // Settling prices the call, so it is kept only when a budget governs it.
             Ok(admission) if admission.governs() => draft.quota = Some((admission, state.quota.catalog())),
@@ -301,7 +301,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         }
     }
 
-    forward(&state, endpoint, &parts.headers, parsed, &targets, draft).await
+    forward(&state, &routes, endpoint, &parts.headers, parsed, &targets, draft).await
 }
 
 /// Output tokens assumed for a request that sets no limit, for a model whose catalog
@@ -312,12 +312,12 @@ const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4_096;
 /// output limit at catalog prices. Zero for models the catalog does not price.
 fn worst_case_cost(
     state: &GatewayState,
+    routes: &Routes,
     targets: &[Target],
     parsed: &Parsed,
     input_tokens: u64,
 ) -> tollgate_schemas::Nanodollars {
     let catalog = state.quota.catalog();
-    let routes = state.routes.load();
     targets
         .iter()
         .filter_map(|target| {
@@ -406,8 +406,10 @@ enum Attempt {
     Retry(Failure),
 }
 
+/// Sends the call to `targets` in order over `routes`, the snapshot the request started with.
 async fn forward(
     state: &GatewayState,
+    routes: &Routes,
     endpoint: Endpoint,
     client_headers: &HeaderMap,
     mut parsed: Parsed,
@@ -421,7 +423,6 @@ async fn forward(
     let traceparent = draft.trace.traceparent();
     let mut last_failure: Option<Failure> = None;
 
-    let routes = state.routes.load();
     'targets: for (index, target) in targets.iter().enumerate() {
         let Some(upstream) = routes.upstreams.get(&target.upstream) else { continue };
         let body = if target.model == parsed.model && !inject_usage && !parsed.changed {
