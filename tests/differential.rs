@@ -4,7 +4,7 @@
 //! zones, a narrow range) must be identical from DataFusion and from ClickHouse, and
 //! equal to the priced events; so must interaction searches (by principal, model, tool,
 //! outcome, rule and content text, page by page), interaction details, the violation,
-//! decision and governance listings, and budget status.
+//! decision and governance listings, violation counts, and budget status.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
 
@@ -207,6 +207,11 @@ async fn datafusion_and_clickhouse_give_the_same_answers() {
         parquet.budget_status(one.clone(), now).await.unwrap(),
         clickhouse.budget_status(one, now).await.unwrap()
     );
+
+    // Violation counts by rule and severity, as the dashboard charts them.
+    let counts = parquet.violation_counts(everything).await.unwrap();
+    assert!(counts.iter().map(|count| count.violations).sum::<i64>() > 0);
+    assert_eq!(counts, clickhouse.violation_counts(everything).await.unwrap());
 
     // The API itself, once per backend: the same bodies.
     let mut bodies = Vec::new();
