@@ -8,7 +8,8 @@
 //! It does not price, aggregate or store anything: spend, budgets and reports are the
 //! processor's and the query API's, built from the events this crate publishes.
 //!
-//! The parts: [`config`] (the validated configuration file), [`keys`] (virtual keys stored
+//! The parts: [`config`] (the validated configuration file), [`governance`] (keys, team
+//! policies and providers followed from the governance topic), [`keys`] (virtual keys stored
 //! as SHA-256 hashes), [`policy`] (rate limits and the prompt PII guard), [`request`] (provider request bodies parsed with unknown fields
 //! kept), [`error`] (provider-style error bodies, so the official SDKs raise their own typed
 //! errors), [`proxy`] (the provider routes: checks, routing, forwarding), [`upstream`] and

@@ -1,21 +1,25 @@
-//! Tollgate's read side: the compliance query API over the stored record.
+//! Tollgate's query side: the compliance API over the stored record, the governance
+//! administration, and the dashboard.
 //!
 //! [`server`] is the HTTP API (`tollgate query-api`): cost reports for finance (JSON and
-//! CSV, grouped and bucketed in any time zone) and interaction search and detail for
-//! auditors, behind API tokens with roles ([`auth`]); every parameter is checked first
-//! ([`params`]) and reaches SQL only as a bound value ([`store`]). [`parquet`] registers
-//! the processor's Parquet archive with DataFusion and turns rows back into events
-//! through the Arrow layouts of `tollgate-schemas`. [`clickhouse`] answers the cost report
-//! from the ClickHouse tables, identically.
+//! CSV, grouped and bucketed in any time zone), latency and reliability reports
+//! ([`performance`]), and interaction search and detail for auditors, behind API tokens
+//! with roles ([`auth`]); every parameter is checked first ([`params`]) and reaches SQL
+//! only as a bound value ([`store`]). [`parquet`] registers the processor's Parquet
+//! archive with DataFusion and turns rows back into events through the Arrow layouts of
+//! `tollgate-schemas`. [`clickhouse`] answers the same questions from the ClickHouse
+//! tables, identically.
 //!
 //! Every authenticated request is recorded as an access event on the event log before
 //! its answer leaves ([`access`]); auditors read that log back through the API.
 //!
-//! Admins make and revoke API tokens through it ([`admin`]); those changes are governance
-//! events on the log, like every other rule change.
+//! Admins change what Tollgate enforces through it: API tokens ([`admin`]), and virtual
+//! keys, team policies, budgets, providers and price catalogs ([`manage`]). Each change is
+//! a governance event on the log, which every service follows. [`dashboard`] serves the
+//! browser dashboard, which calls the same API.
 //!
 //! This crate never writes to the stores: it has no sink and no migration; access events
-//! and token changes on the log are its only output. Storage is the processor's job.
+//! and governance changes on the log are its only output. Storage is the processor's job.
 
 pub mod access;
 pub mod admin;
