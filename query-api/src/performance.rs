@@ -3,12 +3,12 @@
 //!
 //! Both reports cover model calls only (tool calls are not routed to providers).
 //!
-//! - Latency ([`latency`]): for successful model calls, per group and optional hour or
+//! - Latency (`ParquetStore::latency`, `ClickHouseQueries::latency`): for successful model calls, per group and optional hour or
 //!   day bucket (UTC): the count, p50/p95/p99 of the total duration, p50/p95 of the time
 //!   to first token (streams only), p50/p95 of the gateway's own overhead, and output
 //!   tokens per second of generation (output tokens over the time after the first token,
 //!   or the whole duration for answers that were not streamed).
-//! - Reliability ([`reliability`]): for every model call, per group: the count by
+//! - Reliability (`reliability` on both): for every model call, per group: the count by
 //!   outcome, the error rate (anything not `ok`), how many needed a retry (more than one
 //!   attempt) and how many were served by a fallback target; and, for fallbacks, which
 //!   upstream and model served each public model.
