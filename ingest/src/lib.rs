@@ -66,6 +66,8 @@ pub async fn run(
             tracing::debug!(%error, "TCP_NODELAY not set");
         }
     });
+    // Off the async workers, before the first request that counts tokens needs it.
+    tokio::task::spawn_blocking(usage::warm_up);
     let served = axum::serve(listener, app(Arc::clone(&state))).with_graceful_shutdown(shutdown).await;
     if !state.recorder.close(FLUSH_ON_SHUTDOWN).await {
         tracing::error!("some interactions were not acknowledged before shutdown");

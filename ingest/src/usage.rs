@@ -48,6 +48,13 @@ pub fn from_anthropic(usage: &Value) -> Option<Usage> {
     })
 }
 
+/// Builds the tokenizer now. Building it takes a noticeable time (about a second in a
+/// debug build), and the first request that counts tokens would otherwise pay it on an
+/// async worker, holding up every request on that worker.
+pub fn warm_up() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+}
+
 /// Tokens in `text` by the `o200k_base` encoding (GPT-4o and later). Close enough for
 /// other providers' models to meter a call whose provider reported nothing.
 pub fn count_tokens(text: &str) -> u64 {
