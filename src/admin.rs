@@ -90,60 +90,71 @@ struct KeyFields {
     user: Option<String>,
     #[arg(long)]
     project: Option<String>,
-    /// A glob pattern of models the key may use (repeat for more).
-    #[arg(long = "allow-model")]
-    allowed_models: Vec<String>,
     #[arg(long)]
     max_tokens: Option<u64>,
     #[arg(long)]
     requests_per_minute: Option<u32>,
     #[arg(long)]
     tokens_per_minute: Option<u32>,
-    /// off, redact or block.
+    #[command(flatten)]
+    policy: PolicyFields,
+}
+
+/// The policy options keys and teams share.
+#[derive(Debug, clap::Args)]
+struct PolicyFields {
+    /// A glob pattern of models that may be used (repeat for more).
+    #[arg(long = "allow-model")]
+    allowed_models: Vec<String>,
+    /// The prompt PII guard: off, redact or block.
     #[arg(long)]
     pii_guard: Option<String>,
-    /// A `server/tool` glob pattern of MCP tools the key may call (repeat for more).
+    /// A `server/tool` glob pattern of MCP tools that may be called (repeat for more).
     #[arg(long = "allow-tool")]
     allowed_tools: Vec<String>,
-    /// A `server/tool` glob pattern of MCP tools the key may not call (repeat for more).
+    /// A `server/tool` glob pattern of MCP tools that may not be called (repeat for more).
     #[arg(long = "deny-tool")]
     denied_tools: Vec<String>,
 }
 
-impl KeyFields {
-    fn to_json(&self) -> Map<String, Value> {
-        let mut fields = Map::new();
-        let mut put = |name: &str, value: Value| {
-            fields.insert(name.to_owned(), value);
-        };
-        for (name, value) in
-            [("org", &self.org), ("team", &self.team), ("user", &self.user), ("project", &self.project)]
-        {
-            if let Some(value) = value {
-                put(name, json!(value));
-            }
-        }
+impl PolicyFields {
+    /// Adds the options given to `fields`.
+    fn add_to(&self, fields: &mut Map<String, Value>) {
         for (name, list) in [
             ("allowed_models", &self.allowed_models),
             ("allowed_tools", &self.allowed_tools),
             ("denied_tools", &self.denied_tools),
         ] {
             if !list.is_empty() {
-                put(name, json!(list));
+                fields.insert(name.to_owned(), json!(list));
             }
         }
-        if let Some(value) = self.max_tokens {
-            put("max_tokens", json!(value));
+        if let Some(mode) = &self.pii_guard {
+            fields.insert("pii_guard".to_owned(), json!(mode));
         }
-        if let Some(value) = self.requests_per_minute {
-            put("requests_per_minute", json!(value));
+    }
+}
+
+impl KeyFields {
+    fn to_json(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        for (name, value) in
+            [("org", &self.org), ("team", &self.team), ("user", &self.user), ("project", &self.project)]
+        {
+            if let Some(value) = value {
+                fields.insert(name.to_owned(), json!(value));
+            }
         }
-        if let Some(value) = self.tokens_per_minute {
-            put("tokens_per_minute", json!(value));
+        for (name, value) in [
+            ("max_tokens", self.max_tokens),
+            ("requests_per_minute", self.requests_per_minute.map(u64::from)),
+            ("tokens_per_minute", self.tokens_per_minute.map(u64::from)),
+        ] {
+            if let Some(value) = value {
+                fields.insert(name.to_owned(), json!(value));
+            }
         }
-        if let Some(value) = &self.pii_guard {
-            put("pii_guard", json!(value));
-        }
+        self.policy.add_to(&mut fields);
         fields
     }
 }
@@ -154,14 +165,8 @@ enum TeamsCommand {
     /// Set a team's policy (replacing the one it had).
     Set {
         team: String,
-        #[arg(long = "allow-model")]
-        allowed_models: Vec<String>,
-        #[arg(long)]
-        pii_guard: Option<String>,
-        #[arg(long = "allow-tool")]
-        allowed_tools: Vec<String>,
-        #[arg(long = "deny-tool")]
-        denied_tools: Vec<String>,
+        #[command(flatten)]
+        policy: PolicyFields,
     },
     /// Remove a team's policy.
     Delete {
@@ -296,18 +301,9 @@ fn plan(command: AdminCommand) -> anyhow::Result<Call> {
             call(Method::DELETE, format!("/v1/admin/keys/{}", segment(&id)))
         }
         AdminCommand::Teams(TeamsCommand::List) => call(Method::GET, "/v1/admin/teams"),
-        AdminCommand::Teams(TeamsCommand::Set { team, allowed_models, pii_guard, allowed_tools, denied_tools }) => {
+        AdminCommand::Teams(TeamsCommand::Set { team, policy }) => {
             let mut body = Map::new();
-            for (name, list) in
-                [("allowed_models", allowed_models), ("allowed_tools", allowed_tools), ("denied_tools", denied_tools)]
-            {
-                if !list.is_empty() {
-                    body.insert(name.to_owned(), json!(list));
-                }
-            }
-            if let Some(mode) = pii_guard {
-                body.insert("pii_guard".to_owned(), json!(mode));
-            }
+            policy.add_to(&mut body);
             with_json(call(Method::PUT, format!("/v1/admin/teams/{}", segment(&team))), Value::Object(body))
         }
         AdminCommand::Teams(TeamsCommand::Delete { team }) => {

@@ -305,6 +305,17 @@ async fn admin_changes_reach_the_running_gateway_and_the_history() {
         let text = response.text().await.unwrap();
         assert!(text.contains(named), "{text}");
     }
+    // A body that names another target than its path.
+    for (path, body, named) in [
+        ("/v1/admin/teams/growth", json!({"id": "research"}), "id"),
+        ("/v1/admin/providers/self-hosted", json!({"name": "other", "kind": "openai", "base_url": "http://x"}), "name"),
+    ] {
+        let response =
+            client.put(format!("{}{path}", up.query)).bearer_auth(&up.admin_token).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["parameter"], named, "{error}");
+    }
     assert_eq!(up.get(&client, "/v1/admin/keys").await, keys_before);
     assert_eq!(up.get(&client, "/v1/admin/budgets").await, budgets_before);
     assert_eq!(up.get(&client, "/v1/admin/catalogs").await, catalogs_before);

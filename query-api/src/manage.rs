@@ -78,6 +78,17 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// The JSON object `body` with `field` set to `path_id`, the id in the request's path (a
+/// body may repeat it, but not name another).
+fn named(body: &[u8], field: &str, path_id: &str) -> Result<Value, ApiError> {
+    let mut fields = object(body)?;
+    if fields.get(field).is_some_and(|given| given.as_str() != Some(path_id)) {
+        return Err(ApiError::bad_parameter(field, format!("the {field} is the one in the path, `{path_id}`")));
+    }
+    fields.insert(field.to_owned(), Value::String(path_id.to_owned()));
+    Ok(Value::Object(fields))
+}
+
 /// `value` as `T`, or a 400 naming the field at fault.
 fn typed<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|error| {
@@ -360,12 +371,7 @@ pub(crate) async fn set_team(
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let reason = reason(&headers)?;
-    let mut fields = object(&body)?;
-    if fields.get("id").is_some_and(|given| given.as_str() != Some(id.as_str())) {
-        return Err(ApiError::bad_parameter("id", "the team id is the one in the path"));
-    }
-    fields.insert("id".to_owned(), Value::String(id.clone()));
-    let spec: TeamPolicySpec = typed(Value::Object(fields), "team policy")?;
+    let spec: TeamPolicySpec = typed(named(&body, "id", &id)?, "team policy")?;
     invalid(spec.problems())?;
     let action =
         if state.tokens.directory().teams().contains_key(&id) { ChangeAction::Updated } else { ChangeAction::Created };
@@ -520,12 +526,7 @@ pub(crate) async fn set_provider(
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
     let reason = reason(&headers)?;
-    let mut fields = object(&body)?;
-    if fields.get("name").is_some_and(|given| given.as_str() != Some(name.as_str())) {
-        return Err(ApiError::bad_parameter("name", "the provider's name is the one in the path"));
-    }
-    fields.insert("name".to_owned(), Value::String(name.clone()));
-    let spec: ProviderSpec = typed(Value::Object(fields), "provider")?;
+    let spec: ProviderSpec = typed(named(&body, "name", &name)?, "provider")?;
     invalid(spec.problems())?;
     let action = if state.tokens.directory().providers().contains_key(&name) {
         ChangeAction::Updated
