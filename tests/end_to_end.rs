@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate_eventlog::testing::{CLICKHOUSE_URL_ENV, TestBroker, required_env, unique_name};
+use tollgate_eventlog::testing::{CLICKHOUSE_URL_ENV, TestBroker, required_env, unique_name, within};
 use tollgate_eventlog::{EventLog, KafkaConfig, KafkaLog};
 use tollgate_ingest::app::GatewayState;
 use tollgate_ingest::config::GatewayConfig;
@@ -103,10 +103,13 @@ async fn model_call(client: &reqwest::Client, gateway: &str, index: usize, key: 
         });
         ("/v1/messages", "claude-sonnet-4-5", body)
     };
-    let response = client.post(format!("{gateway}{path}")).bearer_auth(key).json(&body).send().await.unwrap();
-    assert!(response.status().is_success(), "{path}: {}", response.status());
-    // Read streams to the end, so each call completes (and is recorded) as a whole.
-    response.bytes().await.unwrap();
+    let call = async {
+        let response = client.post(format!("{gateway}{path}")).bearer_auth(key).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        // Read streams to the end, so each call completes (and is recorded) as a whole.
+        response.bytes().await.unwrap();
+    };
+    within(Duration::from_secs(30), &format!("model call {index} ({path}, stream {stream})"), call).await;
     model
 }
 
@@ -147,7 +150,13 @@ async fn gateway_traffic_reaches_both_stores_and_both_backends_answer_alike() {
     let mut kafka = KafkaConfig::new(&broker.address);
     processor_config.kafka_defaults(&mut kafka);
     let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
-    tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
+    within(
+        Duration::from_secs(60),
+        "creating the topics",
+        tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL),
+    )
+    .await
+    .unwrap();
     let sources =
         Sources { catalog: PriceCatalog::shipped().unwrap(), catalog_document: None, config_actor: "e2e".to_owned() };
     tokio::spawn(tollgate_processor::run(
@@ -165,7 +174,8 @@ async fn gateway_traffic_reaches_both_stores_and_both_backends_answer_alike() {
     let mut kafka = KafkaConfig::new(&broker.address);
     tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
     let gateway_log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
-    let recorder = Recorder::start(Arc::clone(&gateway_log), None, RecorderConfig::default()).await.unwrap();
+    let recorder = Recorder::start(Arc::clone(&gateway_log), None, RecorderConfig::default());
+    let recorder = within(Duration::from_secs(60), "starting the recorder", recorder).await.unwrap();
     let state = Arc::new(GatewayState::new(config, recorder, PriceCatalog::shipped().unwrap()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = format!("http://{}", listener.local_addr().unwrap());
@@ -179,12 +189,12 @@ async fn gateway_traffic_reaches_both_stores_and_both_backends_answer_alike() {
         let model = model_call(&client, &gateway, index, secret).await;
         *sent.entry((user, model)).or_default() += 1;
     }
-    let output = tokio::process::Command::new(&python)
+    let mcp_check = tokio::process::Command::new(&python)
         .arg(python_dir().join("mcp_check.py"))
         .args([&gateway, KEYS[0].0, "time"])
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let output = within(Duration::from_secs(120), "mcp_check.py through the gateway", mcp_check).await.unwrap();
     assert!(output.status.success(), "mcp_check.py: {}", String::from_utf8_lossy(&output.stderr));
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains(r#""step": "allowed""#) || printed.contains(r#""step":"allowed""#), "{printed}");
@@ -206,9 +216,11 @@ async fn gateway_traffic_reaches_both_stores_and_both_backends_answer_alike() {
         }
     };
     let mut priced: BTreeMap<uuid::Uuid, PricedInteraction> = BTreeMap::new();
-    let mut reader = log.subscribe(&unique_name("e2e-priced"), &[PRICED_INTERACTIONS]).await.unwrap();
+    let group = unique_name("e2e-priced");
+    let reader = log.subscribe(&group, &[PRICED_INTERACTIONS]);
+    let mut reader = within(Duration::from_secs(60), "subscribing to the priced topic", reader).await.unwrap();
     while priced.len() < recorded {
-        let record = tokio::time::timeout(Duration::from_secs(60), reader.next()).await.unwrap().unwrap();
+        let record = within(Duration::from_secs(60), "the next priced interaction", reader.next()).await.unwrap();
         let event: PricedInteraction = tollgate_schemas::decode(&record.payload).unwrap();
         priced.insert(event.interaction.id, event);
     }
@@ -238,8 +250,12 @@ async fn gateway_traffic_reaches_both_stores_and_both_backends_answer_alike() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let in_clickhouse =
-            clickhouse.cost_report(&total).await.ok().and_then(|lines| lines.first().map(|l| l.interactions));
-        if tollgate_processor::archive::caught_up(log.as_ref(), &archive).await.unwrap()
+            within(Duration::from_secs(60), "the ClickHouse cost total", clickhouse.cost_report(&total))
+                .await
+                .ok()
+                .and_then(|lines| lines.first().map(|l| l.interactions));
+        let archived = tollgate_processor::archive::caught_up(log.as_ref(), &archive);
+        if within(Duration::from_secs(60), "comparing the archive with the log", archived).await.unwrap()
             && in_clickhouse == Some(priced.len() as i64)
         {
             break;
@@ -263,13 +279,18 @@ async fn gateway_traffic_reaches_both_stores_and_both_backends_answer_alike() {
             }],
             ..QueryApiConfig::default()
         };
-        let base = tollgate_query_api::server::serve_in_background(&config, Arc::clone(&log)).await.unwrap();
+        let base = tollgate_query_api::server::serve_in_background(&config, Arc::clone(&log));
+        let base = within(Duration::from_secs(60), "starting the query API", base).await.unwrap();
         let get = |path: String| {
             let (client, base) = (client.clone(), base.clone());
             async move {
-                let response = client.get(format!("{base}{path}")).bearer_auth("auditor-token").send().await.unwrap();
-                assert!(response.status().is_success(), "{backend:?} {path}: {}", response.status());
-                response.json::<Value>().await.unwrap()
+                let answer = async {
+                    let response =
+                        client.get(format!("{base}{path}")).bearer_auth("auditor-token").send().await.unwrap();
+                    assert!(response.status().is_success(), "{backend:?} {path}: {}", response.status());
+                    response.json::<Value>().await.unwrap()
+                };
+                within(Duration::from_secs(60), &format!("{backend:?} {path}"), answer).await
             }
         };
         let ids = |page: &Value| -> BTreeSet<uuid::Uuid> {

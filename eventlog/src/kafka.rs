@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -213,7 +213,7 @@ impl EventLog for KafkaLog {
         let consumer: StreamConsumer<GroupContext> =
             self.config.client_config(&consumer_defaults).create_with_context(context)?;
         consumer.subscribe(topics)?;
-        Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer) }))
+        Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer), unanswered_commit: None }))
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, LogError> {
@@ -260,7 +260,18 @@ impl ConsumerContext for GroupContext {
 
 struct KafkaSubscription {
     consumer: Arc<StreamConsumer<GroupContext>>,
+    /// A commit still waiting for the group coordinator after [`COMMIT_TIMEOUT`].
+    unanswered_commit: Option<tokio::sync::oneshot::Receiver<KafkaResult<()>>>,
 }
+
+/// How long a caller waits for the group coordinator to answer an offset commit.
+///
+/// librdkafka's synchronous commit waits without limit while no coordinator is reachable
+/// (a broker outage). The caller gets [`LogError::CommitTimeout`] instead and goes on; the
+/// commit keeps waiting on a thread of its own, outside the async runtime's blocking pool
+/// so that it never holds up the runtime's shutdown, and no second commit starts until it
+/// is answered. Commits are cumulative, so the next one covers what this one carried.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for KafkaSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -290,12 +301,28 @@ impl Subscription for KafkaSubscription {
         for position in positions {
             list.add_partition_offset(&position.topic, position.partition, Offset::Offset(position.next_offset))?;
         }
+        if let Some(earlier) = self.unanswered_commit.as_mut() {
+            match earlier.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Err(LogError::CommitPending),
+                // Answered (either way) or abandoned: the new commit supersedes it.
+                Ok(_) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.unanswered_commit = None,
+            }
+        }
         let consumer = Arc::clone(&self.consumer);
+        let (answer, answered) = tokio::sync::oneshot::channel();
         // A synchronous commit blocks until the coordinator answers: keep it off the runtime.
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|join_error| LogError::Io(std::io::Error::other(join_error)))??;
-        Ok(())
+        std::thread::Builder::new().name("tollgate-commit".to_owned()).spawn(move || {
+            let _ = answer.send(consumer.commit(&list, CommitMode::Sync));
+        })?;
+        let answered = self.unanswered_commit.insert(answered);
+        match tokio::time::timeout(COMMIT_TIMEOUT, answered).await {
+            Ok(result) => {
+                self.unanswered_commit = None;
+                let result = result.map_err(|_| LogError::Io(std::io::Error::other("the commit thread ended")))?;
+                Ok(result?)
+            }
+            Err(_) => Err(LogError::CommitTimeout(COMMIT_TIMEOUT)),
+        }
     }
 
     fn assignment(&self) -> Vec<(String, i32)> {

@@ -82,6 +82,12 @@ pub enum LogError {
     Closed,
     #[error("cannot commit {topic}/{partition}: not assigned to this consumer (the group rebalanced)")]
     NotAssigned { topic: String, partition: i32 },
+    #[error("the group coordinator did not answer an offset commit within {0:?}; the next commit covers its offsets")]
+    CommitTimeout(std::time::Duration),
+    #[error(
+        "an earlier offset commit is still waiting for the group coordinator; the next commit covers these offsets"
+    )]
+    CommitPending,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("invalid log configuration: {0}")]
@@ -133,7 +139,9 @@ pub trait Subscription: Send + std::fmt::Debug {
     async fn next(&mut self) -> Result<Record, LogError>;
 
     /// Commits positions for the group, durably. Pass [`Record::next_position`] of the
-    /// last record processed in each partition.
+    /// last record processed in each partition. Bounded in time: while the group's
+    /// coordinator is unreachable it fails with [`LogError::CommitTimeout`] (and then
+    /// [`LogError::CommitPending`] until that commit is answered) rather than waiting.
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
 
     /// The partitions this member currently reads.

@@ -89,3 +89,14 @@ impl Drop for TestBroker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Awaits `step`, or panics naming it once `limit` has passed, so that a test that would
+/// hang says where instead (and its captured output is shown).
+#[allow(clippy::panic)]
+pub async fn within<T>(limit: std::time::Duration, what: &str, step: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(limit, step).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: no result within {limit:?} (started {:?} ago)", started.elapsed()),
+    }
+}

@@ -375,3 +375,29 @@ async fn embedded_log_refuses_unknown_topics_and_a_second_opener() {
     let second = EmbeddedLog::open(EmbeddedLogConfig::new(harness.dir.path()));
     assert!(matches!(second, Err(tollgate_eventlog::LogError::Locked { .. })), "{second:?}");
 }
+
+/// With the broker gone, a commit fails within a bounded time instead of waiting for a
+/// coordinator forever, a second one says the first is still unanswered, and the runtime
+/// (whose shutdown waits for its blocking threads) still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_without_a_broker_fails_in_bounded_time() {
+    let broker = tollgate_eventlog::testing::TestBroker::start();
+    let log = Kafka { brokers: broker.address.clone() }.open();
+    let topic = unique_name("orphan");
+    log.ensure_topic(&topic, 1, false).await.unwrap();
+    tollgate_eventlog::publish_and_wait(log.as_ref(), &topic, b"k", b"v").await.unwrap();
+    let mut subscription = log.subscribe(&unique_name("group"), &[&topic]).await.unwrap();
+    let record = read_exactly(subscription.as_mut(), 1).await.remove(0);
+    subscription.commit(&[record.next_position()]).await.unwrap();
+    drop(broker);
+
+    let started = std::time::Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(30), subscription.commit(&[record.next_position()])).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(first, Ok(Err(tollgate_eventlog::LogError::CommitTimeout(_)))),
+        "a commit with no broker: {first:?} after {waited:?}"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(1), subscription.commit(&[record.next_position()])).await;
+    assert!(matches!(second, Ok(Err(tollgate_eventlog::LogError::CommitPending))), "{second:?}");
+}
