@@ -6,6 +6,9 @@
 //! Anthropic-style calls, streamed and not, embeddings, and MCP tool calls. Some prompts
 //! carry PII or a prompt injection, support sometimes tries a tool its policy denies, and
 //! marketing has a small daily hard budget that it runs through and is then cut off by.
+//! The OpenAI models have a backup upstream, and the primary fails for 20 s at a time
+//! (30 s after start, then every three minutes), so the health timeline shows the
+//! breaker's outage windows and the traffic the backup served.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,21 +63,36 @@ fn secret(persona: &Persona) -> String {
     format!("tg-demo-{}", persona.user)
 }
 
-/// The gateway configuration of the demo: the simulator at `simulator` for every model
-/// and as the `crm` tool server, the demo keys and the starter key, team policies, and
-/// content captured whole (so auditors see prompts in the dashboard).
-pub fn gateway_config(simulator: SocketAddr, starter_key_sha256: &str) -> String {
+/// Where the demo's simulated providers listen.
+#[derive(Debug, Clone, Copy)]
+pub struct Simulators {
+    /// The Anthropic-compatible provider and the `crm` tool server.
+    pub main: SocketAddr,
+    /// The OpenAI-compatible primary, which has outages.
+    pub openai: SocketAddr,
+    /// The OpenAI-compatible backup the gateway falls back to.
+    pub openai_backup: SocketAddr,
+}
+
+/// The gateway configuration of the demo: the simulators for every model (OpenAI models
+/// with a backup) and as the `crm` tool server, the demo keys and the starter key, team
+/// policies, and content captured whole (so auditors see prompts in the dashboard).
+pub fn gateway_config(simulators: Simulators, starter_key_sha256: &str) -> String {
+    let Simulators { main, openai, openai_backup } = simulators;
     let mut text = format!(
         "[server]\ninstance_id = \"up\"\n\n[capture]\nmode = \"full\"\n\n\
-         [routing]\nattempts_per_target = 3\n\n\
-         [[upstreams]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://{simulator}\"\n\n\
-         [[upstreams]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"http://{simulator}\"\n\n\
-         [[mcp_servers]]\nname = \"crm\"\nurl = \"http://{simulator}/mcp\"\n\n\
+         [routing]\nattempts_per_target = 3\nbreaker_cool_down_ms = 10000\n\n\
+         [[upstreams]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://{openai}\"\n\n\
+         [[upstreams]]\nname = \"openai-backup\"\nkind = \"openai\"\nprovider = \"azure.ai.openai\"\nbase_url = \"http://{openai_backup}\"\n\n\
+         [[upstreams]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"http://{main}\"\n\n\
+         [[mcp_servers]]\nname = \"crm\"\nurl = \"http://{main}/mcp\"\n\n\
          [[teams]]\nid = \"support\"\ndenied_tools = [\"crm/delete_customer\"]\n\n\
          [[teams]]\nid = \"marketing\"\nallowed_models = [\"gpt-4.1*\", \"gpt-4o-mini\"]\n\n"
     );
     for model in crate::up::OPENAI_MODELS {
-        text.push_str(&format!("[[models]]\nname = \"{model}\"\ntargets = [{{ upstream = \"openai\" }}]\n\n"));
+        text.push_str(&format!(
+            "[[models]]\nname = \"{model}\"\ntargets = [{{ upstream = \"openai\" }}, {{ upstream = \"openai-backup\" }}]\n\n"
+        ));
     }
     for model in crate::up::ANTHROPIC_MODELS {
         text.push_str(&format!("[[models]]\nname = \"{model}\"\ntargets = [{{ upstream = \"anthropic\" }}]\n\n"));
@@ -153,8 +171,20 @@ struct Tally {
 }
 
 /// Sends demo traffic to the gateway at `gateway` until the process stops, printing a
-/// progress line every five seconds.
-pub async fn run(gateway: SocketAddr) {
+/// progress line every five seconds, and makes the OpenAI primary (`openai`) fail for
+/// 20 s at a time.
+pub async fn run(gateway: SocketAddr, openai: Arc<tollgate_ingest::simulator::SimulatorControl>) {
+    let outages = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        loop {
+            openai.fail_with(Some(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+            eprintln!("demo: the simulated OpenAI primary is down for 20 s; OpenAI models fall back to openai-backup");
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            openai.fail_with(None);
+            eprintln!("demo: the simulated OpenAI primary is back (see the health timeline on the Performance page)");
+            tokio::time::sleep(Duration::from_secs(160)).await;
+        }
+    });
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(60)).build() {
         Ok(client) => client,
         Err(error) => {
@@ -200,6 +230,7 @@ pub async fn run(gateway: SocketAddr) {
         let _ = worker.await;
     }
     progress.abort();
+    outages.abort();
 }
 
 fn pick_persona() -> &'static Persona {

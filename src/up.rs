@@ -186,14 +186,21 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
         }
     };
 
-    // The simulated provider, for --demo.
+    // The simulated providers, for --demo.
     let simulator = if args.demo {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("starting the simulated provider")?;
-        let address = listener.local_addr()?;
-        let control = Arc::new(tollgate_ingest::simulator::SimulatorControl::realistic());
-        let router = tollgate_ingest::simulator::router(control);
-        tokio::spawn(tollgate_ingest::simulator::serve(listener, router, stopped_signal()));
-        Some(address)
+        let mut started = Vec::new();
+        for _ in 0..3 {
+            let listener =
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.context("starting the simulated provider")?;
+            let address = listener.local_addr()?;
+            let control = Arc::new(tollgate_ingest::simulator::SimulatorControl::realistic());
+            let router = tollgate_ingest::simulator::router(Arc::clone(&control));
+            tokio::spawn(tollgate_ingest::simulator::serve(listener, router, stopped_signal()));
+            started.push((address, control));
+        }
+        let simulators =
+            crate::demo::Simulators { main: started[0].0, openai: started[1].0, openai_backup: started[2].0 };
+        Some((simulators, Arc::clone(&started[1].1)))
     } else {
         None
     };
@@ -207,10 +214,11 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
             path.display().to_string(),
         ),
         None => {
-            let text = match simulator {
-                Some(address) => {
-                    crate::demo::gateway_config(address, &tollgate_ingest::keys::hash_secret(&credentials.gateway_key))
-                }
+            let text = match &simulator {
+                Some((simulators, _)) => crate::demo::gateway_config(
+                    *simulators,
+                    &tollgate_ingest::keys::hash_secret(&credentials.gateway_key),
+                ),
                 None => default_gateway_config(&environment, &credentials.gateway_key)?,
             };
             (text, "tollgate up".to_owned())
@@ -281,12 +289,14 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
         example_model,
     };
     eprintln!("{}", banner(&running));
-    let demo = args.demo.then(|| {
+    let demo = simulator.map(|(_, openai)| {
         eprintln!(
             "Demo traffic is running: four teams of two organisations, with keys tg-demo-alice, tg-demo-bob,\n\
-             tg-demo-carol and tg-demo-dan; marketing (carol) runs through its daily budget and is cut off.\n"
+             tg-demo-carol and tg-demo-dan; marketing (carol) runs through its daily budget and is cut off.\n\
+             The simulated OpenAI primary fails for 20 s every three minutes (first at 30 s); the gateway\n\
+             falls back to openai-backup, and the Performance page shows the outage.\n"
         );
-        tokio::spawn(crate::demo::run(gateway_address))
+        tokio::spawn(crate::demo::run(gateway_address, openai))
     });
 
     shutdown.await;
@@ -379,7 +389,9 @@ mod tests {
 
     #[test]
     fn the_demo_configuration_is_valid() {
-        let text = crate::demo::gateway_config("127.0.0.1:9".parse().unwrap(), &"0".repeat(64));
+        let nowhere = "127.0.0.1:9".parse().unwrap();
+        let simulators = crate::demo::Simulators { main: nowhere, openai: nowhere, openai_backup: nowhere };
+        let text = crate::demo::gateway_config(simulators, &"0".repeat(64));
         let config = GatewayConfig::from_toml(&text, &HashMap::new()).unwrap();
         assert_eq!(config.key_specs.len(), 5);
         assert!(config.mcp_servers.contains_key("crm"));

@@ -32,6 +32,7 @@ fn model_call() -> Interaction {
             operation: GenAiOperation::Chat,
             provider: Some("openai".into()),
             upstream: Some("openai-primary".into()),
+            preferred_upstream: Some("openai-primary".into()),
             request_model: "gpt-4o".into(),
             routed_model: Some("gpt-4o-2024-08-06".into()),
             response_model: Some("gpt-4o-2024-08-06".into()),
@@ -160,9 +161,10 @@ async fn an_interaction_is_the_same_record_in_kafka_parquet_and_clickhouse() {
     assert_eq!(from_parquet, originals, "Parquet + DataFusion round trip");
 
     // ClickHouse, twice: a replayed insert must not show a duplicate.
+    let database = unique_name("skeleton").replace('-', "_");
     let sink = ClickHouseSink::new(&ClickHouseConfig {
-        url: clickhouse_url,
-        database: unique_name("skeleton").replace('-', "_"),
+        url: clickhouse_url.clone(),
+        database: database.clone(),
         user: None,
         password: None,
     });
@@ -175,6 +177,25 @@ async fn an_interaction_is_the_same_record_in_kafka_parquet_and_clickhouse() {
     );
     let rows = sink.query_json("SELECT count() AS rows FROM tollgate_schema_migrations").await.unwrap();
     assert_eq!(rows[0]["rows"], ClickHouseSink::known_migrations().len(), "each migration is applied once");
+    // Every statement is idempotent: with the record of applied migrations lost (or two
+    // processes migrating at once), all of them run again without error, the column
+    // additions included.
+    let dropped = reqwest::Client::new()
+        .post(format!("{clickhouse_url}/?database={database}"))
+        .body("DROP TABLE tollgate_schema_migrations")
+        .send()
+        .await
+        .unwrap();
+    assert!(dropped.status().is_success(), "{:?}", dropped.text().await);
+    sink.migrate().await.unwrap();
+    assert_eq!(sink.applied_migrations().await.unwrap(), ClickHouseSink::known_migrations());
+    let columns = sink
+        .query_json(&format!(
+            "SELECT count() AS columns FROM system.columns WHERE database = '{database}' AND name = 'preferred_upstream'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(columns[0]["columns"], 2, "interactions and priced_interactions, once each");
     sink.insert_interactions(&from_parquet).await.unwrap();
     sink.insert_interactions(&from_parquet).await.unwrap();
     let ids: Vec<_> = originals.iter().map(|interaction| interaction.id).collect();

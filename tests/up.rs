@@ -478,6 +478,15 @@ async fn the_dashboard_shows_every_page_to_each_role_in_headless_chromium() {
         let violations = up.get(&client, &format!("/v1/reports/violations?from={today}&to={tomorrow}")).await;
         let budgets = up.get(&client, "/v1/budgets").await;
         let history = up.get(&client, "/v1/governance?limit=1").await;
+        let health = up.get(&client, &format!("/v1/reports/health?from={today}&to={tomorrow}")).await;
+        let outage = health["upstreams"].as_array().unwrap().iter().any(|timeline| {
+            timeline["upstream"] == "openai"
+                && timeline["windows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|window| window["moved"]["served_elsewhere"].as_i64() > Some(0))
+        });
         let page = up.get(&client, "/v1/interactions?limit=100&outcome=ok").await;
         let with_content = page["interactions"].as_array().unwrap().iter().find(|priced| {
             priced["interaction"]["content"]["captured"]["request"].as_str().is_some_and(|text| !text.is_empty())
@@ -487,12 +496,13 @@ async fn the_dashboard_shows_every_page_to_each_role_in_headless_chromium() {
             && violations["total"].as_i64().unwrap() > 0
             && blocked
             && !history["items"].as_array().unwrap().is_empty()
+            && outage
         {
             break priced["interaction"]["id"].as_str().unwrap().to_owned();
         }
         assert!(
             started.elapsed() < DEMO_FILL_TIMEOUT,
-            "the demo did not fill every view in time: {violations} {budgets}"
+            "the demo did not fill every view in time: {violations} {budgets} {health}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
@@ -542,6 +552,10 @@ async fn the_dashboard_shows_every_page_to_each_role_in_headless_chromium() {
         assert!(report["roles"][role]["violations"]["chart_points"].as_u64().unwrap() > 0, "{report}");
     }
     assert!(report["roles"]["finance"]["performance"]["chart_points"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["roles"]["finance"]["performance"]["rows"].as_u64().unwrap() > 1,
+        "latency and health rows: {report}"
+    );
     assert_eq!(report["roles"]["finance"]["detail"]["content_blocks"], 0, "{report}");
     assert!(report["roles"]["finance"].get("violations").is_none(), "finance has no violations page: {report}");
     // The screenshots are kept as test artifacts.
@@ -551,6 +565,8 @@ async fn the_dashboard_shows_every_page_to_each_role_in_headless_chromium() {
         "auditor-interaction-detail",
         "finance-interaction-detail",
         "finance-budgets",
+        "finance-performance",
+        "finance-performance-health",
     ] {
         let size = std::fs::metadata(shots.join(format!("{name}.png"))).map(|meta| meta.len()).unwrap_or(0);
         assert!(size > 5_000, "{name}.png is missing or blank ({size} bytes)");

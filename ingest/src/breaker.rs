@@ -48,6 +48,28 @@ pub struct CircuitBreaker {
     inner: Mutex<Inner>,
 }
 
+/// A change of state that [`CircuitBreaker::record`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerChange {
+    pub from: BreakerState,
+    pub to: BreakerState,
+    /// Consecutive failed attempts, the one recorded included.
+    pub consecutive_failures: u32,
+}
+
+impl BreakerChange {
+    /// The breaker opened after closed traffic failed: the start of an outage window
+    /// (a failed probe re-opening it continues the window).
+    pub fn opened(&self) -> bool {
+        self.from == BreakerState::Closed && self.to == BreakerState::Open
+    }
+
+    /// A probe succeeded: the end of the outage window.
+    pub fn closed(&self) -> bool {
+        self.to == BreakerState::Closed
+    }
+}
+
 /// Permission to send one attempt. Report its result with [`CircuitBreaker::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
@@ -65,6 +87,11 @@ impl CircuitBreaker {
 
     pub fn state(&self) -> BreakerState {
         self.lock().state
+    }
+
+    /// How long the breaker stays open before it lets a probe through.
+    pub fn cool_down(&self) -> Duration {
+        self.cool_down
     }
 
     /// Whether an attempt may be sent now. `None` while the breaker is open, or while a
@@ -86,8 +113,8 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records the result of an admitted attempt. Returns the new state when it changed.
-    pub fn record(&self, admission: Admission, healthy: bool, now: Instant) -> Option<BreakerState> {
+    /// Records the result of an admitted attempt. Returns the change when the state changed.
+    pub fn record(&self, admission: Admission, healthy: bool, now: Instant) -> Option<BreakerChange> {
         let mut inner = self.lock();
         let before = inner.state;
         if healthy {
@@ -106,7 +133,11 @@ impl CircuitBreaker {
                 inner.opened_at = Some(now);
             }
         }
-        (inner.state != before).then_some(inner.state)
+        (inner.state != before).then_some(BreakerChange {
+            from: before,
+            to: inner.state,
+            consecutive_failures: inner.consecutive_failures,
+        })
     }
 
     /// Gives back a probe admission whose attempt was never sent (the request was
@@ -137,14 +168,15 @@ mod tests {
         let start = Instant::now();
         for failure in 0..3 {
             let admission = breaker.admit(start).unwrap();
-            let change = breaker.record(admission, false, start);
+            let change = breaker.record(admission, false, start).map(|change| change.to);
             assert_eq!(change, (failure == 2).then_some(BreakerState::Open));
         }
         assert_eq!(breaker.admit(start + Duration::from_secs(9)), None, "open during the cool-down");
         let probe = breaker.admit(start + Duration::from_secs(10)).unwrap();
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert_eq!(breaker.admit(start + Duration::from_secs(10)), None, "one probe at a time");
-        assert_eq!(breaker.record(probe, true, start + Duration::from_secs(11)), Some(BreakerState::Closed));
+        let closed = breaker.record(probe, true, start + Duration::from_secs(11)).unwrap();
+        assert!(closed.closed() && !closed.opened(), "{closed:?}");
         assert!(breaker.admit(start + Duration::from_secs(11)).is_some());
     }
 
@@ -159,10 +191,14 @@ mod tests {
         let third = breaker.admit(start).unwrap();
         assert_eq!(breaker.record(third, false, start), None, "the success reset the count");
         let fourth = breaker.admit(start).unwrap();
-        assert_eq!(breaker.record(fourth, false, start), Some(BreakerState::Open));
+        let opened = breaker.record(fourth, false, start).unwrap();
+        assert!(opened.opened(), "{opened:?}");
+        assert_eq!(opened.consecutive_failures, 2);
         let probe = breaker.admit(start + Duration::from_secs(5)).unwrap();
         let reopened_at = start + Duration::from_secs(6);
-        assert_eq!(breaker.record(probe, false, reopened_at), Some(BreakerState::Open));
+        let reopened = breaker.record(probe, false, reopened_at).unwrap();
+        assert_eq!(reopened.to, BreakerState::Open);
+        assert!(!reopened.opened(), "a failed probe continues the window: {reopened:?}");
         assert_eq!(breaker.admit(reopened_at + Duration::from_secs(4)), None, "a new cool-down started");
     }
 

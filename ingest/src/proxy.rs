@@ -25,10 +25,10 @@ use axum::response::{IntoResponse, Response};
 use backon::BackoffBuilder;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tollgate_schemas::{GenAiOperation, OutcomeStatus};
+use tollgate_schemas::{BreakerTransition, GenAiOperation, MAX_HEALTH_REASON_BYTES, OutcomeStatus, UpstreamHealth};
 
 use crate::app::GatewayState;
-use crate::breaker::BreakerState;
+use crate::breaker::BreakerChange;
 use crate::config::{Target, UpstreamKind};
 use crate::draft::{Draft, Ending, ResponseTap, trace_context};
 use crate::error::{ApiError, Dialect, ErrorClass};
@@ -422,6 +422,7 @@ async fn forward(
     let inject_usage = endpoint == Endpoint::ChatCompletions && parsed.stream && !parsed.client_requested_usage;
     let traceparent = draft.trace.traceparent();
     let mut last_failure: Option<Failure> = None;
+    draft.preferred_upstream = targets.first().map(|target| target.upstream.clone());
 
     'targets: for (index, target) in targets.iter().enumerate() {
         let Some(upstream) = routes.upstreams.get(&target.upstream) else { continue };
@@ -470,7 +471,11 @@ async fn forward(
                 .get_or_create(&AttemptLabels { upstream: upstream.config.name.clone(), result })
                 .inc();
             if let Some(change) = upstream.breaker.record(admission, healthy, Instant::now()) {
-                log_breaker_change(upstream, change);
+                let reason = match &attempt {
+                    Attempt::Retry(failure) => Some(failure_summary(failure)),
+                    _ => None,
+                };
+                breaker_moved(state, upstream, change, reason);
             }
             let failure = match attempt {
                 Attempt::Complete { status, headers, body } => {
@@ -562,12 +567,41 @@ fn failure_summary(failure: &Failure) -> String {
     }
 }
 
-fn log_breaker_change(upstream: &UpstreamClient, change: BreakerState) {
-    match change {
-        BreakerState::Open => tracing::warn!(upstream = %upstream.config.name, "circuit breaker opened"),
-        BreakerState::Closed => tracing::info!(upstream = %upstream.config.name, "circuit breaker closed"),
-        BreakerState::HalfOpen => {}
+/// Logs a breaker's change and records the start or end of an outage window as an
+/// [`UpstreamHealth`] event.
+fn breaker_moved(state: &GatewayState, upstream: &UpstreamClient, change: BreakerChange, reason: Option<String>) {
+    let name = &upstream.config.name;
+    let transition = if change.opened() {
+        tracing::warn!(upstream = %name, failures = change.consecutive_failures, reason = reason.as_deref().unwrap_or(""), "circuit breaker opened");
+        BreakerTransition::Opened
+    } else if change.closed() {
+        tracing::info!(upstream = %name, "circuit breaker closed");
+        BreakerTransition::Closed
+    } else {
+        tracing::debug!(upstream = %name, from = change.from.as_str(), to = change.to.as_str(), "circuit breaker moved");
+        return;
+    };
+    let opened = transition == BreakerTransition::Opened;
+    let mut reason = if opened { reason } else { None };
+    if let Some(text) = reason.as_mut() {
+        let mut end = text.len().min(MAX_HEALTH_REASON_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
+    state.recorder.record_health(&UpstreamHealth {
+        schema_version: tollgate_schemas::SCHEMA_VERSION,
+        id: uuid::Uuid::now_v7(),
+        time_unix_micros: tollgate_schemas::now_unix_micros(),
+        gateway_instance: state.instance.to_string(),
+        upstream: name.clone(),
+        provider: upstream.config.provider.clone(),
+        transition,
+        consecutive_failures: if opened { change.consecutive_failures } else { 0 },
+        cool_down_millis: u64::try_from(upstream.breaker.cool_down().as_millis()).unwrap_or(u64::MAX),
+        reason,
+    });
 }
 
 /// The body sent to one target: the client's, with the routed model name and, when the

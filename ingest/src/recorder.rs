@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tollgate_eventlog::{EventLog, LogError, PendingAck};
-use tollgate_schemas::Interaction;
-use tollgate_schemas::topics::{INTERACTIONS, Keyed};
+use tollgate_schemas::topics::{INTERACTIONS, Keyed, UPSTREAM_HEALTH};
+use tollgate_schemas::{Interaction, UpstreamHealth};
 
 use crate::quota::{Placement, Receipt};
 
@@ -191,6 +191,40 @@ impl Recorder {
         let key = interaction.message_key().into_bytes();
         self.inner.submit(key, payload, Arc::clone(&receipt));
         receipt
+    }
+
+    /// Publishes a circuit-breaker transition on its own topic. Never waits: a task hands
+    /// it to the log and follows its acknowledgement (the gateway's producer never gives
+    /// up on an event, so an outage of the log delays it rather than losing it). Not
+    /// spooled: the spool keeps interactions only.
+    pub fn record_health(&self, event: &UpstreamHealth) {
+        let payload = match tollgate_schemas::encode(event) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, upstream = %event.upstream, "upstream health event could not be encoded; dropped");
+                return;
+            }
+        };
+        let key = event.message_key().into_bytes();
+        let log = Arc::clone(&self.inner.log);
+        let upstream = event.upstream.clone();
+        self.inner.runtime.spawn(async move {
+            loop {
+                match log.publish(UPSTREAM_HEALTH, &key, &payload) {
+                    Ok(pending) => {
+                        if let Err(error) = pending.await {
+                            tracing::error!(%error, %upstream, "the log refused an upstream health event");
+                        }
+                        return;
+                    }
+                    Err(LogError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(error) => {
+                        tracing::error!(%error, %upstream, "the log refused an upstream health event");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// False while the spool is full and the policy is to fail closed.

@@ -39,7 +39,7 @@ use tollgate_schemas::archive::{self, Table};
 use tollgate_schemas::arrow::StoredRecord;
 use tollgate_schemas::{
     AccessEvent, DeadLetterReason, Event, GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision,
-    SourceOffset,
+    SourceOffset, UpstreamHealth,
 };
 
 use crate::config::{ArchiveConfig, ProcessorConfig};
@@ -266,7 +266,9 @@ impl Writer<'_> {
             archive::GOVERNANCE_CHANGES => {
                 self.write::<GovernanceChange>(table, &records, sources, &mut outputs, None).await?
             }
-            _ => self.write::<AccessEvent>(table, &records, sources, &mut outputs, None).await?,
+            archive::ACCESS_EVENTS => self.write::<AccessEvent>(table, &records, sources, &mut outputs, None).await?,
+            // archive::UPSTREAM_HEALTH, the last of archive::TABLES.
+            _ => self.write::<UpstreamHealth>(table, &records, sources, &mut outputs, None).await?,
         };
         outputs.acknowledged().await?;
         if let (Some(log), Some(signer)) = (part.log.as_mut(), self.signer) {
@@ -450,6 +452,12 @@ impl Archived for GovernanceChange {
 }
 
 impl Archived for AccessEvent {
+    fn time_unix_micros(&self) -> i64 {
+        self.time_unix_micros
+    }
+}
+
+impl Archived for UpstreamHealth {
     fn time_unix_micros(&self) -> i64 {
         self.time_unix_micros
     }

@@ -35,6 +35,7 @@ pub fn model_call(provider: &str, model: &str, input_tokens: u64, output_tokens:
             operation: GenAiOperation::Chat,
             provider: Some(provider.to_owned()),
             upstream: Some(provider.to_owned()),
+            preferred_upstream: Some(provider.to_owned()),
             request_model: model.to_owned(),
             routed_model: Some(model.to_owned()),
             response_model: Some(model.to_owned()),

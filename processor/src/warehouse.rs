@@ -25,6 +25,7 @@ use tollgate_schemas::archive::{self, Table};
 use tollgate_schemas::arrow::{JsonRow, StoredRecord};
 use tollgate_schemas::{
     AccessEvent, DeadLetterReason, Event, GovernanceChange, PolicyViolation, PricedInteraction, QuotaDecision,
+    UpstreamHealth,
 };
 
 use crate::config::{ProcessorConfig, WarehouseConfig};
@@ -109,7 +110,9 @@ async fn flush(
             archive::POLICY_VIOLATIONS => json_row::<PolicyViolation>(record),
             archive::QUOTA_DECISIONS => json_row::<QuotaDecision>(record),
             archive::GOVERNANCE_CHANGES => json_row::<GovernanceChange>(record),
-            _ => json_row::<AccessEvent>(record),
+            archive::ACCESS_EVENTS => json_row::<AccessEvent>(record),
+            // archive::UPSTREAM_HEALTH, the last of archive::TABLES.
+            _ => json_row::<UpstreamHealth>(record),
         };
         match row {
             Ok(row) => by_table.entry(table.name).or_default().push(row),

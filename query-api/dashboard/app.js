@@ -222,11 +222,13 @@ async function showPerformance() {
   const { from, to, days } = range();
   const group = $("#performance-group").value;
   const bucket = days <= 2 ? "hour" : "day";
-  const [series, totals, reliability] = await Promise.all([
+  const [series, totals, reliability, health] = await Promise.all([
     api("/v1/reports/latency?" + query({ from, to, group_by: group, bucket })),
     api("/v1/reports/latency?" + query({ from, to, group_by: group })),
     api("/v1/reports/reliability?" + query({ from, to, group_by: group })),
+    api("/v1/reports/health?" + query({ from, to })),
   ]);
+  showHealth(health, from, to);
   const buckets = [...new Set(series.lines.map((line) => line.bucket_start))].sort();
   const names = [...new Set(series.lines.map((line) => line[group] || "(none)"))].sort();
   chart("latency-chart", {
@@ -292,6 +294,89 @@ async function showPerformance() {
     reliability.fallback_targets.map((target) =>
       row([cell(target.model), cell(target.served_by_upstream), cell(target.served_by_model), cell(target.requests, "num")]),
     ),
+  );
+}
+
+function seconds(value) {
+  const total = Math.round(Number(value));
+  if (total < 120) return total + " s";
+  if (total < 7200) return Math.round(total / 60) + " min";
+  return (total / 3600).toFixed(1) + " h";
+}
+
+// The provider health timeline: one row per upstream, a red bar per outage window.
+function showHealth(health, from, to) {
+  const timelines = health.upstreams;
+  const windows = timelines.flatMap((timeline) => timeline.windows.map((window) => ({ timeline, window })));
+  const start = Date.parse(from);
+  const end = Math.min(Date.parse(to), Date.now());
+  $("#health-summary").textContent = windows.length
+    ? timelines.map((t) => `${t.upstream}: ${t.windows.length} outage window(s), open ${seconds(t.open_seconds)}`).join("; ") +
+      (health.truncated ? " (only the latest windows are shown)" : "")
+    : "No circuit breaker opened in this range: every upstream was healthy.";
+  const labels = timelines.map((timeline) => timeline.upstream);
+  chart("health-chart", {
+    type: "bar",
+    data: {
+      labels,
+      datasets: [
+        {
+          label: "breaker open",
+          data: windows.map(({ timeline, window }) => ({
+            y: timeline.upstream,
+            x: [Date.parse(window.opened_at), window.closed_at ? Date.parse(window.closed_at) : end],
+            window,
+          })),
+          backgroundColor: windows.map(({ window }) => (window.ongoing ? "#f79009" : "#d92d20")),
+          grouped: false,
+          minBarLength: 3,
+        },
+      ],
+    },
+    options: {
+      indexAxis: "y",
+      maintainAspectRatio: false,
+      animation: false,
+      scales: {
+        x: {
+          type: "linear",
+          min: start,
+          max: end,
+          ticks: { callback: (value) => new Date(value).toISOString().replace("T", " ").slice(5, 16) },
+        },
+      },
+      plugins: {
+        legend: { display: false },
+        tooltip: {
+          callbacks: {
+            label: (item) => {
+              const window = item.raw.window;
+              return `${window.gateway_instance}: open ${seconds(window.duration_seconds)}, ${window.moved.requests} calls moved`;
+            },
+          },
+        },
+      },
+    },
+  });
+  fill(
+    $("#health tbody"),
+    windows
+      .slice()
+      .reverse()
+      .map(({ timeline, window }) =>
+        row([
+          cell(timeline.upstream),
+          cell(window.gateway_instance),
+          cell(window.opened_at.replace("T", " ").slice(0, 19)),
+          window.ongoing ? cell("still open", "outage") : cell(window.closed_at.replace("T", " ").slice(0, 19)),
+          cell(seconds(window.duration_seconds), "num"),
+          cell(window.reason || ""),
+          cell(window.moved.requests, "num"),
+          cell(window.moved.served_elsewhere, "num"),
+          cell(window.moved.failed, "num"),
+          cell(window.moved.served_by.map((s) => (s.upstream || "(none)") + " " + s.requests).join(", ")),
+        ]),
+      ),
   );
 }
 

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod clickhouse;
 pub mod dashboard;
 pub mod focus;
+pub mod health;
 pub mod manage;
 pub mod params;
 pub mod parquet;

@@ -11,7 +11,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use tollgate_schemas::arrow::{RecordBatchError, StoredRecord};
-use tollgate_schemas::{AccessEvent, GovernanceChange, PolicyViolation, QuotaDecision};
+use tollgate_schemas::{AccessEvent, GovernanceChange, PolicyViolation, QuotaDecision, UpstreamHealth};
 
 /// Why a query over the Parquet store failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,9 @@ impl ParquetStore {
                 archive::POLICY_VIOLATIONS => PolicyViolation::arrow_schema(),
                 archive::QUOTA_DECISIONS => QuotaDecision::arrow_schema(),
                 archive::GOVERNANCE_CHANGES => GovernanceChange::arrow_schema(),
-                _ => AccessEvent::arrow_schema(),
+                archive::ACCESS_EVENTS => AccessEvent::arrow_schema(),
+                // archive::UPSTREAM_HEALTH, the last of archive::TABLES.
+                _ => UpstreamHealth::arrow_schema(),
             };
             let options = ParquetReadOptions::default()
                 .schema(&schema)

@@ -13,6 +13,7 @@
 //! | `GET /v1/reports/violations` | auditor, admin | violation counts by rule and severity |
 //! | `GET /v1/reports/latency` | all | latency percentiles of model calls by provider, upstream or model (see [`crate::performance`]) |
 //! | `GET /v1/reports/reliability` | all | outcomes, error, retry and fallback rates, fallback targets |
+//! | `GET /v1/reports/health` | all | circuit-breaker outage windows per upstream and the traffic they moved (see [`crate::health`]) |
 //! | `GET /v1/whoami` | all | the caller's token name and role |
 //! | `GET /`, `GET /dashboard/{file}` | none (the page asks for a token) | the dashboard (see [`crate::dashboard`]) |
 //! | `GET /v1/governance` | auditor, admin | governance change history (who changed what) |
@@ -230,6 +231,21 @@ pub struct LatencyReportParams {
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
+pub struct HealthReportParams {
+    /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
+    #[param(example = "2026-11-26")]
+    from: String,
+    /// End of the range (exclusive), after `from`.
+    #[param(example = "2026-11-28")]
+    to: String,
+    /// One upstream (its configured name) only.
+    #[param(example = "openai-primary")]
+    upstream: Option<String>,
+}
+
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct ReliabilityReportParams {
     /// Start of the range (inclusive): RFC 3339 or YYYY-MM-DD.
     #[param(example = "2026-11-26")]
@@ -393,6 +409,7 @@ fn names<P: utoipa::IntoParams>() -> Vec<String> {
         violation_report,
         latency_report,
         reliability_report,
+        health_report,
         whoami,
         crate::manage::list_keys,
         crate::manage::create_key,
@@ -504,6 +521,7 @@ pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<R
         .route("/v1/reports/violations", get(violation_report))
         .route("/v1/reports/latency", get(latency_report))
         .route("/v1/reports/reliability", get(reliability_report))
+        .route("/v1/reports/health", get(health_report))
         .route("/v1/whoami", get(whoami))
         .route("/v1/interactions", get(search))
         .route("/v1/interactions/{id}", get(interaction))
@@ -925,6 +943,31 @@ async fn reliability_report(
         Backend::ClickHouse(store) => store.reliability(&query).await?,
     };
     let count = report.lines.len() + report.fallback_targets.len();
+    Ok(counted(Json(report).into_response(), count))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/reports/health",
+    params(HealthReportParams),
+    responses(
+        (status = 200, description = "Per upstream, the windows when a gateway's circuit breaker was open, and the model calls that preferred it and were served elsewhere or failed meanwhile."),
+        (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
+    )
+)]
+async fn health_report(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let params = Params::new(pairs(query), &names::<HealthReportParams>())?;
+    let query = crate::health::HealthQuery {
+        range: params.time_range()?,
+        upstream: params.get("upstream").map(str::to_owned),
+        now: tollgate_schemas::now_unix_micros(),
+    };
+    let report = match &state.store {
+        Backend::Parquet(store) => store.health(&query).await?,
+        Backend::ClickHouse(store) => store.health(&query).await?,
+    };
+    let count = report.upstreams.iter().map(|timeline| timeline.windows.len()).sum();
     Ok(counted(Json(report).into_response(), count))
 }
 

@@ -384,6 +384,16 @@ impl Listed for tollgate_schemas::GovernanceChange {
     }
 }
 
+impl Listed for tollgate_schemas::UpstreamHealth {
+    const TABLE: &'static str = "upstream_health";
+    fn time_unix_micros(&self) -> i64 {
+        self.time_unix_micros
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+}
+
 impl Listed for tollgate_schemas::AccessEvent {
     const TABLE: &'static str = "access_events";
     fn time_unix_micros(&self) -> i64 {

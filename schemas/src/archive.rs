@@ -32,10 +32,11 @@ pub const POLICY_VIOLATIONS: Table = Table { name: "policy_violations", topic: t
 pub const QUOTA_DECISIONS: Table = Table { name: "quota_decisions", topic: topics::QUOTA_DECISIONS };
 pub const GOVERNANCE_CHANGES: Table = Table { name: "governance_changes", topic: topics::GOVERNANCE };
 pub const ACCESS_EVENTS: Table = Table { name: "access_events", topic: topics::ACCESS };
+pub const UPSTREAM_HEALTH: Table = Table { name: "upstream_health", topic: topics::UPSTREAM_HEALTH };
 
 /// Every archived table.
-pub const TABLES: [Table; 5] =
-    [PRICED_INTERACTIONS, POLICY_VIOLATIONS, QUOTA_DECISIONS, GOVERNANCE_CHANGES, ACCESS_EVENTS];
+pub const TABLES: [Table; 6] =
+    [PRICED_INTERACTIONS, POLICY_VIOLATIONS, QUOTA_DECISIONS, GOVERNANCE_CHANGES, ACCESS_EVENTS, UPSTREAM_HEALTH];
 
 /// The hive partition column of every table.
 pub const DATE_COLUMN: &str = "date";

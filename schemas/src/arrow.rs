@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    AccessEvent, Actor, ActorKind, BudgetWindow, Call, CapturedContent, ChangeAction, ContentRecord, Cost, Detector,
-    GenAiOperation, GovernanceChange, GovernanceTarget, Interaction, InteractionKind, ModelCall, Nanodollars, Outcome,
-    OutcomeStatus, PolicyViolation, PricedInteraction, Principal, QuotaDecision, QuotaState, Severity, SourceOffset,
-    Subject, SubjectKind, TargetKind, Timing, ToolCall, TraceContext, Usage, ViolationAction, WindowKind,
+    AccessEvent, Actor, ActorKind, BreakerTransition, BudgetWindow, Call, CapturedContent, ChangeAction, ContentRecord,
+    Cost, Detector, GenAiOperation, GovernanceChange, GovernanceTarget, Interaction, InteractionKind, ModelCall,
+    Nanodollars, Outcome, OutcomeStatus, PolicyViolation, PricedInteraction, Principal, QuotaDecision, QuotaState,
+    Severity, SourceOffset, Subject, SubjectKind, TargetKind, Timing, ToolCall, TraceContext, UpstreamHealth, Usage,
+    ViolationAction, WindowKind,
 };
 
 /// Why a batch could not be built or read.
@@ -76,15 +77,22 @@ fn utf8(name: &str, nullable: bool) -> Field {
 }
 
 /// Columns of `batch` named in `fields`, in that order, as a new batch.
+/// The columns `fields` names, in that order. A nullable column that a file written
+/// before it existed lacks is left out: its rows read it as absent.
 fn project(batch: &RecordBatch, fields: &[FieldRef], record: &'static str) -> Result<RecordBatch, RecordBatchError> {
     let schema = batch.schema();
     let mut indices = Vec::with_capacity(fields.len());
     for field in fields {
-        let index = schema.index_of(field.name()).map_err(|_| RecordBatchError::Schema {
-            record,
-            message: format!("column `{}` is missing", field.name()),
-        })?;
-        indices.push(index);
+        match schema.index_of(field.name()) {
+            Ok(index) => indices.push(index),
+            Err(_) if field.is_nullable() => {}
+            Err(_) => {
+                return Err(RecordBatchError::Schema {
+                    record,
+                    message: format!("column `{}` is missing", field.name()),
+                });
+            }
+        }
     }
     batch.project(&indices).map_err(|error| RecordBatchError::Schema { record, message: error.to_string() })
 }
@@ -119,6 +127,7 @@ fn interaction_fields() -> Vec<Field> {
         utf8("gen_ai_operation_name", true),
         utf8("gen_ai_provider_name", true),
         utf8("upstream", true),
+        utf8("preferred_upstream", true),
         utf8("gen_ai_request_model", true),
         utf8("routed_model", true),
         utf8("gen_ai_response_model", true),
@@ -174,6 +183,7 @@ struct InteractionRow {
     gen_ai_operation_name: Option<String>,
     gen_ai_provider_name: Option<String>,
     upstream: Option<String>,
+    preferred_upstream: Option<String>,
     gen_ai_request_model: Option<String>,
     routed_model: Option<String>,
     gen_ai_response_model: Option<String>,
@@ -234,6 +244,7 @@ impl InteractionRow {
             gen_ai_operation_name: model.map(|model| model.operation.as_str().to_owned()),
             gen_ai_provider_name: model.and_then(|model| model.provider.clone()),
             upstream: model.and_then(|model| model.upstream.clone()),
+            preferred_upstream: model.and_then(|model| model.preferred_upstream.clone()),
             gen_ai_request_model: model.map(|model| model.request_model.clone()),
             routed_model: model.and_then(|model| model.routed_model.clone()),
             gen_ai_response_model: model.and_then(|model| model.response_model.clone()),
@@ -284,6 +295,7 @@ impl InteractionRow {
                 )?,
                 provider: self.gen_ai_provider_name,
                 upstream: self.upstream,
+                preferred_upstream: self.preferred_upstream,
                 request_model: self.gen_ai_request_model.ok_or("gen_ai_request_model is null for a model call")?,
                 routed_model: self.routed_model,
                 response_model: self.gen_ai_response_model,
@@ -1037,6 +1049,95 @@ impl StoredRecord for AccessEvent {
 
     fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {
         let rows: Vec<AccessEventRow> = batch_to_rows(batch, &field_refs(access_event_fields()), Self::RECORD)?;
+        rows.into_iter()
+            .enumerate()
+            .map(|(index, row)| row.into_event().map_err(invalid(Self::RECORD, index)))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// UpstreamHealth
+
+fn upstream_health_fields() -> Vec<Field> {
+    vec![
+        utf8("id", false),
+        timestamp_field("time", false),
+        Field::new("schema_version", DataType::UInt16, false),
+        utf8("gateway_instance", false),
+        utf8("upstream", false),
+        utf8("gen_ai_provider_name", false),
+        utf8("transition", false),
+        Field::new("consecutive_failures", DataType::UInt32, false),
+        Field::new("cool_down_millis", DataType::UInt64, false),
+        utf8("reason", true),
+    ]
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UpstreamHealthRow {
+    id: String,
+    time: i64,
+    schema_version: u16,
+    gateway_instance: String,
+    upstream: String,
+    gen_ai_provider_name: String,
+    transition: String,
+    consecutive_failures: u32,
+    cool_down_millis: u64,
+    reason: Option<String>,
+}
+
+impl UpstreamHealthRow {
+    fn from_event(event: &UpstreamHealth) -> Self {
+        UpstreamHealthRow {
+            id: event.id.to_string(),
+            time: event.time_unix_micros,
+            schema_version: event.schema_version,
+            gateway_instance: event.gateway_instance.clone(),
+            upstream: event.upstream.clone(),
+            gen_ai_provider_name: event.provider.clone(),
+            transition: event.transition.as_str().to_owned(),
+            consecutive_failures: event.consecutive_failures,
+            cool_down_millis: event.cool_down_millis,
+            reason: event.reason.clone(),
+        }
+    }
+
+    fn into_event(self) -> Result<UpstreamHealth, String> {
+        Ok(UpstreamHealth {
+            schema_version: self.schema_version,
+            id: parse_uuid(&self.id, "id")?,
+            time_unix_micros: self.time,
+            gateway_instance: self.gateway_instance,
+            upstream: self.upstream,
+            provider: self.gen_ai_provider_name,
+            transition: parse_enum(&self.transition, "transition", BreakerTransition::parse)?,
+            consecutive_failures: self.consecutive_failures,
+            cool_down_millis: self.cool_down_millis,
+            reason: self.reason,
+        })
+    }
+}
+
+impl StoredRecord for UpstreamHealth {
+    const RECORD: &'static str = "upstream_health";
+
+    fn arrow_schema() -> SchemaRef {
+        Arc::new(Schema::new(upstream_health_fields()))
+    }
+
+    fn to_record_batch(records: &[Self]) -> Result<RecordBatch, RecordBatchError> {
+        let rows: Vec<UpstreamHealthRow> = records.iter().map(UpstreamHealthRow::from_event).collect();
+        rows_to_batch(&field_refs(upstream_health_fields()), &rows)
+    }
+
+    fn to_json_rows(records: &[Self]) -> Result<Vec<JsonRow>, RecordBatchError> {
+        records.iter().map(|record| json_row(&UpstreamHealthRow::from_event(record), Self::RECORD)).collect()
+    }
+
+    fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Self>, RecordBatchError> {
+        let rows: Vec<UpstreamHealthRow> = batch_to_rows(batch, &field_refs(upstream_health_fields()), Self::RECORD)?;
         rows.into_iter()
             .enumerate()
             .map(|(index, row)| row.into_event().map_err(invalid(Self::RECORD, index)))

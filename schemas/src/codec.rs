@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use crate::dead_letter::DeadLetterReason;
 use crate::{
     AccessEvent, DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision,
-    SCHEMA_VERSION, SubjectUpdate,
+    SCHEMA_VERSION, SubjectUpdate, UpstreamHealth,
 };
 
 /// An event that travels over the log as JSON.
@@ -155,5 +155,6 @@ impl_event!(QuotaDecision, "quota_decision", QuotaDecision::validate);
 impl_event!(PolicyViolation, "policy_violation", PolicyViolation::validate);
 impl_event!(GovernanceChange, "governance_change", GovernanceChange::validate);
 impl_event!(AccessEvent, "access_event", AccessEvent::validate);
+impl_event!(UpstreamHealth, "upstream_health", UpstreamHealth::validate);
 impl_event!(DeadLetter, "dead_letter", |_| Ok(()));
 impl_event!(SubjectUpdate, "subject_update", SubjectUpdate::validate);

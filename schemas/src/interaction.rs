@@ -87,6 +87,7 @@ impl<'de> Deserialize<'de> for Call {
             operation: Option<GenAiOperation>,
             provider: Option<String>,
             upstream: Option<String>,
+            preferred_upstream: Option<String>,
             request_model: Option<String>,
             routed_model: Option<String>,
             response_model: Option<String>,
@@ -105,6 +106,7 @@ impl<'de> Deserialize<'de> for Call {
                 operation: fields.operation.ok_or_else(|| D::Error::missing_field("operation"))?,
                 provider: fields.provider,
                 upstream: fields.upstream,
+                preferred_upstream: fields.preferred_upstream,
                 request_model: fields.request_model.ok_or_else(|| D::Error::missing_field("request_model"))?,
                 routed_model: fields.routed_model,
                 response_model: fields.response_model,
@@ -143,6 +145,11 @@ pub struct ModelCall {
     /// Name of the configured upstream target that served (or last tried) the call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// The upstream of the route's first target: where the call goes when that upstream
+    /// is healthy. Differs from `upstream` when the call was served elsewhere (a fallback,
+    /// or the first target's circuit breaker was open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_upstream: Option<String>,
     /// `gen_ai.request.model`: the model name the client asked for.
     pub request_model: String,
     /// The model name sent upstream after routing (may differ from `request_model`).

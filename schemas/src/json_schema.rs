@@ -8,7 +8,7 @@ use schemars::{JsonSchema, schema_for};
 
 use crate::{
     AccessEvent, BudgetSpec, DeadLetter, Event, GovernanceChange, Interaction, PolicyViolation, PricedInteraction,
-    QuotaDecision, SubjectUpdate,
+    QuotaDecision, SubjectUpdate, UpstreamHealth,
 };
 
 /// `(file name, pretty-printed schema)` for every event type.
@@ -20,6 +20,7 @@ pub fn all() -> Vec<(String, String)> {
         document::<PolicyViolation>(),
         document::<GovernanceChange>(),
         document::<AccessEvent>(),
+        document::<UpstreamHealth>(),
         document::<DeadLetter>(),
         document::<SubjectUpdate>(),
         value_document::<BudgetSpec>("budget_spec"),

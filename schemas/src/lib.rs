@@ -2,7 +2,8 @@
 //!
 //! Every event that travels over the log (Kafka or the embedded log) is defined here:
 //! [`Interaction`], [`PricedInteraction`], [`QuotaDecision`], [`PolicyViolation`],
-//! [`GovernanceChange`], [`AccessEvent`], [`DeadLetter`], and the processor's internal [`SubjectUpdate`]. For each this crate owns
+//! [`GovernanceChange`], [`AccessEvent`], [`UpstreamHealth`], [`DeadLetter`], and the
+//! processor's internal [`SubjectUpdate`]. For each this crate owns
 //!
 //! - the JSON wire encoding ([`encode`] / [`decode`]), versioned by a `schema_version`
 //!   field, with decode errors that name the problem instead of panicking;
@@ -30,6 +31,7 @@ mod common;
 mod dead_letter;
 pub mod directory;
 mod governance;
+mod health;
 mod interaction;
 pub mod json_schema;
 mod priced;
@@ -47,6 +49,7 @@ pub use directory::{
     Directory, PiiGuardMode, ProviderKind, ProviderModelSpec, ProviderSpec, TeamPolicySpec, VirtualKeySpec,
 };
 pub use governance::{Actor, ActorKind, ChangeAction, GovernanceChange, GovernanceTarget, TargetKind};
+pub use health::{BreakerTransition, MAX_HEALTH_REASON_BYTES, UpstreamHealth};
 pub use interaction::{
     Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, InteractionKind, ModelCall, Outcome,
     OutcomeStatus, Timing, ToolCall, TraceContext, Usage,

@@ -5,7 +5,7 @@
 
 use crate::{
     AccessEvent, DeadLetter, GovernanceChange, Interaction, PolicyViolation, PricedInteraction, QuotaDecision,
-    SubjectUpdate,
+    SubjectUpdate, UpstreamHealth,
 };
 
 /// Every model and tool interaction, from the gateways. Keyed by key id.
@@ -21,6 +21,8 @@ pub const POLICY_VIOLATIONS: &str = "tollgate.policy-violations";
 pub const GOVERNANCE: &str = "tollgate.governance";
 /// Every authenticated query API request: who read what, and when. Keyed by token name.
 pub const ACCESS: &str = "tollgate.access";
+/// Circuit-breaker transitions of every gateway's upstreams. Keyed by upstream.
+pub const UPSTREAM_HEALTH: &str = "tollgate.upstream-health";
 /// Messages a consumer could not use, with the reason. Keyed like the original.
 pub const DEAD_LETTER: &str = "tollgate.dead-letter";
 /// The processor's repartition topic: spend and budget changes re-keyed by budget subject
@@ -41,13 +43,14 @@ pub struct TopicSpec {
 }
 
 /// Every topic Tollgate uses, with its default layout.
-pub const ALL: [TopicSpec; 9] = [
+pub const ALL: [TopicSpec; 10] = [
     TopicSpec { name: INTERACTIONS, partitions: 8, compacted: false },
     TopicSpec { name: PRICED_INTERACTIONS, partitions: 8, compacted: false },
     TopicSpec { name: QUOTA_DECISIONS, partitions: 4, compacted: true },
     TopicSpec { name: POLICY_VIOLATIONS, partitions: 4, compacted: false },
     TopicSpec { name: GOVERNANCE, partitions: 1, compacted: false },
     TopicSpec { name: ACCESS, partitions: 1, compacted: false },
+    TopicSpec { name: UPSTREAM_HEALTH, partitions: 1, compacted: false },
     TopicSpec { name: DEAD_LETTER, partitions: 1, compacted: false },
     TopicSpec { name: SUBJECT_UPDATES, partitions: 8, compacted: false },
     TopicSpec { name: PROCESSOR_CHECKPOINTS, partitions: 8, compacted: false },
@@ -105,6 +108,13 @@ impl Keyed for AccessEvent {
     const TOPIC: &'static str = ACCESS;
     fn message_key(&self) -> String {
         self.token_name.clone()
+    }
+}
+
+impl Keyed for UpstreamHealth {
+    const TOPIC: &'static str = UPSTREAM_HEALTH;
+    fn message_key(&self) -> String {
+        self.upstream.clone()
     }
 }
 

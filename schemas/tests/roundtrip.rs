@@ -92,6 +92,12 @@ proptest! {
     fn access_event_json(event in strategies::access_event()) { json_round_trip(&event)?; }
 
     #[test]
+    fn upstream_health_json(event in strategies::upstream_health()) { json_round_trip(&event)?; }
+
+    #[test]
+    fn upstream_health_arrow(events in vec(strategies::upstream_health(), 0..8)) { arrow_round_trip(&events)?; }
+
+    #[test]
     fn dead_letter_json(event in strategies::dead_letter()) { json_round_trip(&event)?; }
 
     #[test]
@@ -132,4 +138,35 @@ fn dead_letter_keeps_payload_bytes_exactly() {
         "not JSON",
     );
     assert_eq!(letter.payload().unwrap(), payload);
+}
+
+proptest! {
+    /// A batch written before a nullable column existed (an older archive file) still
+    /// reads: the events read the column as absent. A missing required column is an
+    /// error that names it.
+    #[test]
+    fn files_without_a_newer_nullable_column_still_read(events in vec(strategies::interaction(), 1..6)) {
+        let batch = tollgate_schemas::Interaction::to_record_batch(&events)
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        let without = |name: &str| {
+            let keep: Vec<usize> =
+                (0..batch.num_columns()).filter(|&index| batch.schema().field(index).name() != name).collect();
+            batch.project(&keep).unwrap()
+        };
+        let older = tollgate_schemas::Interaction::from_record_batch(&without("preferred_upstream"))
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        let expected: Vec<_> = events
+            .iter()
+            .cloned()
+            .map(|mut event| {
+                if let tollgate_schemas::Call::ModelCall(call) = &mut event.call {
+                    call.preferred_upstream = None;
+                }
+                event
+            })
+            .collect();
+        prop_assert_eq!(older, expected);
+        let error = tollgate_schemas::Interaction::from_record_batch(&without("outcome")).unwrap_err();
+        prop_assert!(error.to_string().contains("`outcome`"), "{}", error);
+    }
 }

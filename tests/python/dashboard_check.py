@@ -27,13 +27,13 @@ PAGES = {
 CHARTS = {
     "spend": ["spend-chart"],
     "budgets": ["budget-chart"],
-    "performance": ["latency-chart", "reliability-chart"],
+    "performance": ["latency-chart", "reliability-chart", "health-chart"],
     "violations": ["violation-chart"],
 }
 TABLES = {
     "spend": "#top-spenders tbody tr",
     "budgets": "#budgets tbody tr",
-    "performance": "#latency tbody tr",
+    "performance": "#latency tbody tr, #health tbody tr",
     "violations": "#violation-counts tbody tr",
     "interactions": "#interactions tbody tr",
     "governance": "#governance tbody tr",
@@ -83,14 +83,17 @@ def check_role(base, role, token, interaction_id, shots):
             if failure:
                 problems.append(f"{role}/{page}: {failure}")
             time.sleep(0.3)  # let the chart's first frame paint before the screenshot
-            rows = len(driver.find_elements(By.CSS_SELECTOR, TABLES[page]))
-            info = {"rows": rows}
-            if rows == 0:
-                problems.append(f"{role}/{page}: the table is empty")
+            info = {"rows": 0}
+            for table in TABLES[page].split(", "):
+                rows = len(driver.find_elements(By.CSS_SELECTOR, table))
+                info["rows"] += rows
+                if rows == 0:
+                    problems.append(f"{role}/{page}: the table {table} is empty")
             for chart in CHARTS.get(page, []):
                 points = driver.execute_script(
                     "const c = Chart.getChart(arguments[0]);"
-                    "return c ? c.data.datasets.reduce((n, d) => n + d.data.filter(v => v > 0).length, 0) : -1;",
+                    "const drawn = (v) => (v !== null && typeof v === 'object' ? Array.isArray(v.x) : v > 0);"
+                    "return c ? c.data.datasets.reduce((n, d) => n + d.data.filter(drawn).length, 0) : -1;",
                     chart,
                 )
                 info.setdefault("chart_points", 0)
@@ -101,6 +104,10 @@ def check_role(base, role, token, interaction_id, shots):
             if errors:
                 problems.append(f"{role}/{page}: console errors: {errors}")
             driver.save_screenshot(os.path.join(shots, f"{role}-{page}.png"))
+            if page == "performance":
+                driver.execute_script("document.getElementById('health-chart').scrollIntoView()")
+                time.sleep(0.3)
+                driver.save_screenshot(os.path.join(shots, f"{role}-performance-health.png"))
             seen[page] = info
 
         # The detail view: content for auditors and admins, not for finance.

@@ -41,7 +41,8 @@ fn default_database() -> String {
 }
 
 /// One schema change, applied once, in order. Statements must be idempotent
-/// (`IF NOT EXISTS`) so two processes migrating at once do no harm.
+/// (`IF NOT EXISTS`, or an `ADD COLUMN`, whose "already exists" counts as done) so two
+/// processes migrating at once do no harm.
 struct Migration {
     version: u32,
     name: &'static str,
@@ -268,6 +269,31 @@ const MIGRATIONS: &[Migration] = &[
         PARTITION BY toYYYYMM(event_date)
         ORDER BY (event_date, token_name, id)"],
     },
+    Migration {
+        version: 4,
+        name: "preferred_upstream, upstream_health",
+        statements: &[
+            // ClickHouse 18 has no `ADD COLUMN IF NOT EXISTS`: `migrate` treats "already
+            // exists" as done for these.
+            "ALTER TABLE interactions ADD COLUMN preferred_upstream Nullable(String) AFTER upstream",
+            "ALTER TABLE priced_interactions ADD COLUMN preferred_upstream Nullable(String) AFTER upstream",
+            "CREATE TABLE IF NOT EXISTS upstream_health (
+            id String,
+            time Int64,
+            event_date Date MATERIALIZED toDate(toDateTime(intDiv(time, 1000000))),
+            schema_version UInt16,
+            gateway_instance String,
+            upstream String,
+            gen_ai_provider_name String,
+            transition String,
+            consecutive_failures UInt32,
+            cool_down_millis UInt64,
+            reason Nullable(String)
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(event_date)
+        ORDER BY (event_date, upstream, id)",
+        ],
+    },
 ];
 
 const MIGRATIONS_TABLE: &str = "tollgate_schema_migrations";
@@ -322,7 +348,13 @@ impl ClickHouseSink {
         for migration in MIGRATIONS.iter().filter(|migration| !applied.contains(&migration.version)) {
             tracing::info!(version = migration.version, name = migration.name, "applying ClickHouse migration");
             for statement in migration.statements {
-                self.client.query(statement).execute().await?;
+                match self.client.query(statement).execute().await {
+                    Ok(()) => {}
+                    Err(error)
+                        if statement.contains(" ADD COLUMN ")
+                            && error.to_string().contains("column with this name already exists") => {}
+                    Err(error) => return Err(error.into()),
+                }
             }
             self.client
                 .query(&format!("INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, now())"))
@@ -542,6 +574,7 @@ struct InteractionRow {
     gen_ai_operation_name: Option<String>,
     gen_ai_provider_name: Option<String>,
     upstream: Option<String>,
+    preferred_upstream: Option<String>,
     gen_ai_request_model: Option<String>,
     routed_model: Option<String>,
     gen_ai_response_model: Option<String>,
@@ -623,6 +656,7 @@ impl InteractionRow {
             gen_ai_operation_name: model.map(|model| model.operation.as_str().to_owned()),
             gen_ai_provider_name: model.and_then(|model| model.provider.clone()),
             upstream: model.and_then(|model| model.upstream.clone()),
+            preferred_upstream: model.and_then(|model| model.preferred_upstream.clone()),
             gen_ai_request_model: model.map(|model| model.request_model.clone()),
             routed_model: model.and_then(|model| model.routed_model.clone()),
             gen_ai_response_model: model.and_then(|model| model.response_model.clone()),
@@ -669,6 +703,7 @@ impl InteractionRow {
                         .ok_or_else(|| format!("unknown operation `{operation}`"))?,
                     provider: self.gen_ai_provider_name,
                     upstream: self.upstream,
+                    preferred_upstream: self.preferred_upstream,
                     request_model: self.gen_ai_request_model.ok_or("model call without request model")?,
                     routed_model: self.routed_model,
                     response_model: self.gen_ai_response_model,

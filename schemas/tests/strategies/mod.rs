@@ -50,6 +50,7 @@ fn call() -> impl Strategy<Value = Call> {
         operation(),
         option::of(ident()),
         option::of(ident()),
+        option::of(ident()),
         text(),
         option::of(text()),
         option::of(text()),
@@ -62,6 +63,7 @@ fn call() -> impl Strategy<Value = Call> {
                 operation,
                 provider,
                 upstream,
+                preferred_upstream,
                 request_model,
                 routed_model,
                 response_model,
@@ -73,6 +75,7 @@ fn call() -> impl Strategy<Value = Call> {
                     operation,
                     provider,
                     upstream,
+                    preferred_upstream,
                     request_model,
                     routed_model,
                     response_model,
@@ -388,6 +391,28 @@ pub fn access_event() -> impl Strategy<Value = AccessEvent> {
                 results,
                 duration_micros: duration,
                 client_address: client,
+            }
+        })
+}
+
+pub fn upstream_health() -> impl Strategy<Value = UpstreamHealth> {
+    (
+        (uuid_v7(), micros(), ident(), ident(), ident()),
+        prop_oneof![Just(BreakerTransition::Opened), Just(BreakerTransition::Closed)],
+        (any::<u32>(), any::<u64>(), option::of(text())),
+    )
+        .prop_map(|((id, time, instance, upstream, provider), transition, (failures, cool_down, reason))| {
+            UpstreamHealth {
+                schema_version: SCHEMA_VERSION,
+                id,
+                time_unix_micros: time,
+                gateway_instance: instance,
+                upstream,
+                provider,
+                transition,
+                consecutive_failures: failures,
+                cool_down_millis: cool_down,
+                reason: reason.map(|reason| reason.chars().take(100).collect()),
             }
         })
 }
