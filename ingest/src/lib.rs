@@ -1,8 +1,8 @@
 //! The gateway (`tollgate gateway`): the single checkpoint for model and tool traffic.
 //!
 //! It authenticates virtual keys, applies request-time policy, routes each call to a
-//! provider with retries, fallbacks and circuit breakers, and publishes one `Interaction`
-//! per call through `tollgate-eventlog` without making the request wait on storage (a
+//! provider with retries, fallbacks and circuit breakers (whose openings and closings it
+//! records as `UpstreamHealth` events), and publishes one `Interaction` per call through `tollgate-eventlog` without making the request wait on storage (a
 //! local durable spool takes over while the log is unreachable).
 //!
 //! It does not price, aggregate or store anything: spend, budgets and reports are the

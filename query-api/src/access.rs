@@ -1,7 +1,7 @@
 //! The access log: every authenticated request to the API becomes an
 //! [`AccessEvent`] on the event log before its answer is sent.
 //!
-//! Recording is part of answering. [`guard`] authenticates the caller, runs the handler,
+//! Recording is part of answering. `guard` authenticates the caller, runs the handler,
 //! publishes the event (who, role, path and query, status, how many records, how long)
 //! and waits until the log has it; only then does the answer leave. When the log cannot
 //! take the event in time the caller gets `503 access_log_unavailable` instead of the

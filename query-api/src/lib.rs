@@ -3,7 +3,7 @@
 //!
 //! [`server`] is the HTTP API (`tollgate query-api`): cost reports for finance (JSON and
 //! CSV, grouped and bucketed in any time zone), latency and reliability reports
-//! ([`performance`]), and interaction search and detail for auditors, behind API tokens
+//! ([`performance`]), the provider health timeline ([`health`]), and interaction search and detail for auditors, behind API tokens
 //! with roles ([`auth`]); every parameter is checked first ([`params`]) and reaches SQL
 //! only as a bound value ([`store`]). [`parquet`] registers the processor's Parquet
 //! archive with DataFusion and turns rows back into events through the Arrow layouts of
