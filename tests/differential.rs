@@ -4,7 +4,9 @@
 //! zones, a narrow range) must be identical from DataFusion and from ClickHouse, and
 //! equal to the priced events; so must interaction searches (by principal, model, tool,
 //! outcome, rule and content text, page by page), interaction details, the violation,
-//! decision and governance listings, violation counts, and budget status.
+//! decision and governance listings, violation counts, budget status, and the provider
+//! health timeline (windows closed, reopened after a restart and still open, with the
+//! traffic they moved).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
 
@@ -21,16 +23,47 @@ use tollgate_processor::pricer::Pricer;
 use tollgate_processor::testing::{Running, team_budget, workload};
 use tollgate_query_api::auth::{Role, TokenConfig, token_hash};
 use tollgate_query_api::clickhouse::{ClickHouseConnection, ClickHouseQueries};
+use tollgate_query_api::health::HealthQuery;
 use tollgate_query_api::params::{Bucket, Cursor, GroupBy, TimeRange};
 use tollgate_query_api::parquet::ParquetStore;
 use tollgate_query_api::server::{BackendKind, QueryApiConfig};
 use tollgate_query_api::store::{CostQuery, ListQuery, SearchQuery};
 use tollgate_schemas::pricing::PriceCatalog;
-use tollgate_schemas::{AccessEvent, GovernanceChange, PolicyViolation, QuotaDecision};
+use tollgate_schemas::topics::UPSTREAM_HEALTH;
+use tollgate_schemas::{
+    AccessEvent, BreakerTransition, GovernanceChange, PolicyViolation, QuotaDecision, UpstreamHealth,
+};
 
 /// 2026-11-30T23:59:59Z: the interactions (1 ms apart) cross into December, UTC.
 const START: i64 = 1_796_083_200_000_000 - 1_000_000;
 const COUNT: usize = 2_500;
+
+/// Breaker transitions over the workload's 2.5 s: openai open on the workload's gateway
+/// from 0.4 s to 1.3 s; anthropic opened twice on another (a restart) and closed; openai
+/// still open on a third.
+fn health_events() -> Vec<UpstreamHealth> {
+    let event = |at: i64, instance: &str, upstream: &str, transition| UpstreamHealth {
+        schema_version: tollgate_schemas::SCHEMA_VERSION,
+        id: uuid::Uuid::now_v7(),
+        time_unix_micros: START + at * 1_000,
+        gateway_instance: instance.to_owned(),
+        upstream: upstream.to_owned(),
+        provider: upstream.to_owned(),
+        transition,
+        consecutive_failures: if transition == BreakerTransition::Opened { 5 } else { 0 },
+        cool_down_millis: 30_000,
+        reason: (transition == BreakerTransition::Opened).then(|| "status 503 Service Unavailable".to_owned()),
+    };
+    use BreakerTransition::{Closed, Opened};
+    vec![
+        event(100, "gateway-b", "anthropic", Opened),
+        event(300, "gateway-b", "anthropic", Opened),
+        event(400, "gateway-test", "openai", Opened),
+        event(900, "gateway-c", "openai", Opened),
+        event(1_300, "gateway-test", "openai", Closed),
+        event(2_000, "gateway-b", "anthropic", Closed),
+    ]
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datafusion_and_clickhouse_give_the_same_answers() {
@@ -40,8 +73,24 @@ async fn datafusion_and_clickhouse_give_the_same_answers() {
     let root = dir.path().join("archive").display().to_string();
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap());
     tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
-    let interactions = workload(COUNT, 29, START);
+    let mut interactions = workload(COUNT, 29, START);
+    // While openai's breaker was open on this gateway, some of its calls went elsewhere.
+    for interaction in interactions.iter_mut().skip(500).take(700).step_by(3) {
+        if let tollgate_schemas::Call::ModelCall(call) = &mut interaction.call
+            && call.upstream.as_deref() == Some("openai")
+        {
+            call.upstream = Some("azure-backup".to_owned());
+            interaction.outcome.fallback_used = true;
+        }
+    }
     tollgate_processor::testing::publish(log.as_ref(), &interactions).await.unwrap();
+    let breaker = health_events();
+    for event in &breaker {
+        let payload = tollgate_schemas::encode(event).unwrap();
+        tollgate_eventlog::publish_and_wait(log.as_ref(), UPSTREAM_HEALTH, event.upstream.as_bytes(), &payload)
+            .await
+            .unwrap();
+    }
 
     let mut warehouse = WarehouseConfig::new(&clickhouse_url);
     warehouse.connection.database = database.clone();
@@ -67,9 +116,15 @@ async fn datafusion_and_clickhouse_give_the_same_answers() {
         let stored = |lines: Result<Vec<tollgate_query_api::store::CostLine>, _>| {
             lines.ok().and_then(|lines| lines.first().map(|line| line.interactions)).unwrap_or(0)
         };
+        let windows = |report: Result<tollgate_query_api::health::HealthReport, _>| {
+            report.ok().map_or(0, |report| report.upstreams.iter().map(|u| u.windows.len()).sum::<usize>())
+        };
+        let health = HealthQuery { range: everything, upstream: None, now: START + 2_400_000 };
         if caught_up(log.as_ref(), &store).await.unwrap()
             && stored(parquet.cost_report(&total).await) == COUNT as i64
             && stored(clickhouse.cost_report(&total).await) == COUNT as i64
+            && windows(parquet.health(&health).await) == 4
+            && windows(clickhouse.health(&health).await) == 4
         {
             break;
         }
@@ -207,6 +262,36 @@ async fn datafusion_and_clickhouse_give_the_same_answers() {
         parquet.budget_status(one.clone(), now).await.unwrap(),
         clickhouse.budget_status(one, now).await.unwrap()
     );
+
+    // The provider health timeline, with an ongoing window ended by `now`.
+    let health = HealthQuery { range: everything, upstream: None, now: START + 2_400_000 };
+    let timeline = parquet.health(&health).await.unwrap();
+    assert_eq!(timeline, clickhouse.health(&health).await.unwrap());
+    let windows: Vec<_> =
+        timeline.upstreams.iter().flat_map(|u| u.windows.iter().map(move |w| (u.upstream.as_str(), w))).collect();
+    assert_eq!(windows.len(), 4, "{timeline:?}");
+    let openai =
+        windows.iter().find(|(upstream, w)| *upstream == "openai" && w.gateway_instance == "gateway-test").unwrap().1;
+    let moved: Vec<_> = interactions
+        .iter()
+        .filter(|interaction| (START + 400_000..START + 1_300_000).contains(&interaction.time_unix_micros))
+        .filter(|interaction| match &interaction.call {
+            tollgate_schemas::Call::ModelCall(call) => call.upstream.as_deref() == Some("azure-backup"),
+            tollgate_schemas::Call::ToolCall(_) => false,
+        })
+        .collect();
+    let ok =
+        moved.iter().filter(|interaction| interaction.outcome.status == tollgate_schemas::OutcomeStatus::Ok).count();
+    assert!(ok > 0);
+    assert_eq!(
+        (openai.moved.requests, openai.moved.served_elsewhere, openai.moved.failed),
+        (moved.len() as i64, ok as i64, (moved.len() - ok) as i64),
+        "{openai:?}"
+    );
+    assert!(windows.iter().any(|(_, w)| w.ongoing), "{timeline:?}");
+    let only = HealthQuery { upstream: Some("anthropic".to_owned()), ..health.clone() };
+    assert_eq!(parquet.health(&only).await.unwrap(), clickhouse.health(&only).await.unwrap());
+    assert_eq!(parquet.health(&only).await.unwrap().upstreams.len(), 1);
 
     // Violation counts by rule and severity, as the dashboard charts them.
     let counts = parquet.violation_counts(everything).await.unwrap();

@@ -114,8 +114,15 @@ async fn commit(
     let positions: Vec<Position> =
         uncommitted.values().filter(|p| assigned.contains(&(p.topic.clone(), p.partition))).cloned().collect();
     uncommitted.clear();
-    if let Err(error) = subscription.commit(&positions).await {
-        tracing::warn!(%error, "committing pricing-stage offsets failed; those records will be priced again");
+    match subscription.commit(&positions).await {
+        Ok(()) => {}
+        // Already reported when the earlier commit timed out; the next commit covers these.
+        Err(tollgate_eventlog::LogError::CommitPending) => {
+            tracing::debug!("an earlier pricing-stage commit is still unanswered");
+        }
+        Err(error) => {
+            tracing::warn!(%error, "committing pricing-stage offsets failed; those records will be priced again");
+        }
     }
     Ok(())
 }
