@@ -582,14 +582,9 @@ fn breaker_moved(state: &GatewayState, upstream: &UpstreamClient, change: Breake
         return;
     };
     let opened = transition == BreakerTransition::Opened;
-    let mut reason = if opened { reason } else { None };
-    if let Some(text) = reason.as_mut() {
-        let mut end = text.len().min(MAX_HEALTH_REASON_BYTES);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    let reason = reason
+        .filter(|_| opened)
+        .map(|reason| tollgate_schemas::prefix_within(&reason, MAX_HEALTH_REASON_BYTES).to_owned());
     state.recorder.record_health(&UpstreamHealth {
         schema_version: tollgate_schemas::SCHEMA_VERSION,
         id: uuid::Uuid::now_v7(),

@@ -62,11 +62,7 @@ pub fn cut_access_query(query: &str) -> String {
     if query.len() <= MAX_ACCESS_QUERY_BYTES {
         return query.to_owned();
     }
-    let mut end = MAX_ACCESS_QUERY_BYTES;
-    while !query.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &query[..end])
+    format!("{}…", crate::prefix_within(query, MAX_ACCESS_QUERY_BYTES))
 }
 
 #[cfg(test)]

@@ -43,7 +43,9 @@ mod violation;
 pub use access::{AccessEvent, MAX_ACCESS_QUERY_BYTES, cut_access_query};
 pub use budget::{BudgetSpec, SpendEntry, SubjectChange, SubjectUpdate};
 pub use codec::{DecodeError, EncodeError, Event, decode, encode};
-pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros};
+pub use common::{
+    Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros, prefix_within,
+};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub use directory::{
     Directory, PiiGuardMode, ProviderKind, ProviderModelSpec, ProviderSpec, TeamPolicySpec, VirtualKeySpec,
