@@ -40,7 +40,7 @@ const COUNT: usize = 2_500;
 
 /// Breaker transitions over the workload's 2.5 s: openai open on the workload's gateway
 /// from 0.4 s to 1.3 s; anthropic opened twice on another (a restart) and closed; openai
-/// still open on a third.
+/// still open on a third; anthropic open on a fourth until it started again.
 fn health_events() -> Vec<UpstreamHealth> {
     let event = |at: i64, instance: &str, upstream: &str, transition| UpstreamHealth {
         schema_version: tollgate_schemas::SCHEMA_VERSION,
@@ -54,13 +54,15 @@ fn health_events() -> Vec<UpstreamHealth> {
         cool_down_millis: 30_000,
         reason: (transition == BreakerTransition::Opened).then(|| "status 503 Service Unavailable".to_owned()),
     };
-    use BreakerTransition::{Closed, Opened};
+    use BreakerTransition::{Closed, Opened, Reset};
     vec![
         event(100, "gateway-b", "anthropic", Opened),
         event(300, "gateway-b", "anthropic", Opened),
         event(400, "gateway-test", "openai", Opened),
         event(900, "gateway-c", "openai", Opened),
         event(1_300, "gateway-test", "openai", Closed),
+        event(1_500, "gateway-d", "anthropic", Opened),
+        event(1_800, "gateway-d", "anthropic", Reset),
         event(2_000, "gateway-b", "anthropic", Closed),
     ]
 }
@@ -123,8 +125,8 @@ async fn datafusion_and_clickhouse_give_the_same_answers() {
         if caught_up(log.as_ref(), &store).await.unwrap()
             && stored(parquet.cost_report(&total).await) == COUNT as i64
             && stored(clickhouse.cost_report(&total).await) == COUNT as i64
-            && windows(parquet.health(&health).await) == 4
-            && windows(clickhouse.health(&health).await) == 4
+            && windows(parquet.health(&health).await) == 5
+            && windows(clickhouse.health(&health).await) == 5
         {
             break;
         }
@@ -269,7 +271,9 @@ async fn datafusion_and_clickhouse_give_the_same_answers() {
     assert_eq!(timeline, clickhouse.health(&health).await.unwrap());
     let windows: Vec<_> =
         timeline.upstreams.iter().flat_map(|u| u.windows.iter().map(move |w| (u.upstream.as_str(), w))).collect();
-    assert_eq!(windows.len(), 4, "{timeline:?}");
+    assert_eq!(windows.len(), 5, "{timeline:?}");
+    let restarted = windows.iter().find(|(_, w)| w.gateway_instance == "gateway-d").unwrap().1;
+    assert_eq!((restarted.closed_by, restarted.duration_seconds), (Some("restart"), 0.3), "{restarted:?}");
     let openai =
         windows.iter().find(|(upstream, w)| *upstream == "openai" && w.gateway_instance == "gateway-test").unwrap().1;
     let moved: Vec<_> = interactions

@@ -179,14 +179,23 @@ async fn an_upstream_outage_moves_traffic_to_the_fallback_and_the_reports_show_i
     assert!(sent > 50, "only {sent} requests were sent");
     assert!(statuses.iter().all(|status| *status == 200), "a client request failed: {statuses:?}");
 
-    // The log holds one interaction per request and the breaker's two transitions.
+    // The log holds one interaction per request, and the breakers' resets at the
+    // gateway's start followed by the primary's two transitions.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while total(log.as_ref(), PRICED_INTERACTIONS).await < sent || total(log.as_ref(), UPSTREAM_HEALTH).await < 2 {
+    while total(log.as_ref(), PRICED_INTERACTIONS).await < sent || total(log.as_ref(), UPSTREAM_HEALTH).await < 4 {
         assert!(tokio::time::Instant::now() < deadline, "the interactions were not priced within 60 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let health: Vec<UpstreamHealth> = read_all(log.as_ref(), UPSTREAM_HEALTH, 2).await;
-    assert_eq!(total(log.as_ref(), UPSTREAM_HEALTH).await, 2, "one opening and one closing: {health:?}");
+    let mut health: Vec<UpstreamHealth> = read_all(log.as_ref(), UPSTREAM_HEALTH, 4).await;
+    assert_eq!(total(log.as_ref(), UPSTREAM_HEALTH).await, 4, "two resets, one opening, one closing: {health:?}");
+    let mut resets: Vec<&str> = health[..2]
+        .iter()
+        .filter(|event| event.transition == BreakerTransition::Reset)
+        .map(|event| event.upstream.as_str())
+        .collect();
+    resets.sort_unstable();
+    assert_eq!(resets, ["backup", "primary"], "every breaker is reset when the gateway starts: {health:?}");
+    health.drain(..2);
     assert_eq!(
         health.iter().map(|event| (event.upstream.as_str(), event.transition)).collect::<Vec<_>>(),
         [("primary", BreakerTransition::Opened), ("primary", BreakerTransition::Closed)]
@@ -253,6 +262,7 @@ async fn an_upstream_outage_moves_traffic_to_the_fallback_and_the_reports_show_i
     let window = &timeline.windows[0];
     assert_eq!(window.gateway_instance, INSTANCE);
     assert!(!window.ongoing && window.closed_at.is_some());
+    assert_eq!(window.closed_by, Some("probe"));
     assert!((window.duration_seconds - (closed - opened) as f64 / 1e6).abs() < 1e-6, "{window:?}");
     assert!((timeline.open_seconds - window.duration_seconds).abs() < 1e-6);
     assert!(window.duration_seconds >= 2.0, "the breaker stayed open while the primary failed: {window:?}");

@@ -68,6 +68,12 @@ pub async fn run(
     });
     // Off the async workers, before the first request that counts tokens needs it.
     tokio::task::spawn_blocking(usage::warm_up);
+    // Every breaker starts closed: this ends any outage window an earlier run of this
+    // instance left open (it stopped during an outage).
+    for upstream in state.routes.load().upstreams.iter() {
+        let reset = proxy::health_event(&state, upstream, tollgate_schemas::BreakerTransition::Reset, 0, None);
+        state.recorder.record_health(&reset);
+    }
     let served = axum::serve(listener, app(Arc::clone(&state))).with_graceful_shutdown(shutdown).await;
     if !state.recorder.close(FLUSH_ON_SHUTDOWN).await {
         tracing::error!("some interactions were not acknowledged before shutdown");

@@ -582,21 +582,31 @@ fn breaker_moved(state: &GatewayState, upstream: &UpstreamClient, change: Breake
         return;
     };
     let opened = transition == BreakerTransition::Opened;
-    let reason = reason
-        .filter(|_| opened)
-        .map(|reason| tollgate_schemas::prefix_within(&reason, MAX_HEALTH_REASON_BYTES).to_owned());
-    state.recorder.record_health(&UpstreamHealth {
+    let reason = reason.filter(|_| opened);
+    let failures = if opened { change.consecutive_failures } else { 0 };
+    state.recorder.record_health(&health_event(state, upstream, transition, failures, reason));
+}
+
+/// An [`UpstreamHealth`] event of this gateway instance for `upstream`, now.
+pub(crate) fn health_event(
+    state: &GatewayState,
+    upstream: &UpstreamClient,
+    transition: BreakerTransition,
+    consecutive_failures: u32,
+    reason: Option<String>,
+) -> UpstreamHealth {
+    UpstreamHealth {
         schema_version: tollgate_schemas::SCHEMA_VERSION,
         id: uuid::Uuid::now_v7(),
         time_unix_micros: tollgate_schemas::now_unix_micros(),
         gateway_instance: state.instance.to_string(),
-        upstream: name.clone(),
+        upstream: upstream.config.name.clone(),
         provider: upstream.config.provider.clone(),
         transition,
-        consecutive_failures: if opened { change.consecutive_failures } else { 0 },
+        consecutive_failures,
         cool_down_millis: u64::try_from(upstream.breaker.cool_down().as_millis()).unwrap_or(u64::MAX),
-        reason,
-    });
+        reason: reason.map(|reason| tollgate_schemas::prefix_within(&reason, MAX_HEALTH_REASON_BYTES).to_owned()),
+    }
 }
 
 /// The body sent to one target: the client's, with the routed model name and, when the

@@ -4,10 +4,11 @@
 //! Gateways publish an [`UpstreamHealth`] event when a breaker opens (closed traffic
 //! failed `consecutive_failures` times in a row) and when it closes (a probe succeeded).
 //! Every gateway instance has its own breakers, so an outage window is one instance's
-//! `opened` up to its next `closed` for that upstream. A window with no `closed` yet is
-//! `ongoing` and ends, for this report, at the end of the range (or now, if sooner). A
-//! second `opened` without a `closed` between (the instance restarted mid-outage) ends
-//! the first window where the second begins.
+//! `opened` up to its next `closed` for that upstream (`closed_by: probe`). A gateway
+//! publishes `reset` for every upstream when it starts, since its breakers start closed:
+//! that ends a window an earlier run left open (`closed_by: restart`), as does a second
+//! `opened` with neither between. A window with no end yet is `ongoing` and ends, for
+//! this report, at the end of the range (or now, if sooner).
 //!
 //! For each window the report counts the model calls of that instance whose route's first
 //! target is the upstream (`preferred_upstream`) and that another upstream served or
@@ -65,6 +66,9 @@ pub struct OutageWindow {
     pub opened_at: String,
     /// Absent while the window is ongoing.
     pub closed_at: Option<String>,
+    /// `probe` (a probe succeeded) or `restart` (the gateway instance started again);
+    /// absent while the window is ongoing.
+    pub closed_by: Option<&'static str>,
     pub ongoing: bool,
     /// Until `closed_at`, or until the range's end (or now) while ongoing.
     pub duration_seconds: f64,
@@ -95,6 +99,9 @@ pub struct ServedBy {
     pub ok: i64,
 }
 
+const PROBE: &str = "probe";
+const RESTART: &str = "restart";
+
 /// A window before its traffic is counted. Times in microseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Window {
@@ -103,6 +110,7 @@ pub(crate) struct Window {
     pub provider: String,
     pub opened: i64,
     pub closed: Option<i64>,
+    pub closed_by: Option<&'static str>,
     pub consecutive_failures: u32,
     pub reason: Option<String>,
 }
@@ -125,6 +133,7 @@ pub(crate) fn windows(events: &[UpstreamHealth], query: &HealthQuery) -> (Vec<Wi
             BreakerTransition::Opened => {
                 if let Some(mut earlier) = open.remove(&key) {
                     earlier.closed = Some(event.time_unix_micros);
+                    earlier.closed_by = Some(RESTART);
                     done.push(earlier);
                 }
                 open.insert(
@@ -135,14 +144,17 @@ pub(crate) fn windows(events: &[UpstreamHealth], query: &HealthQuery) -> (Vec<Wi
                         provider: event.provider.clone(),
                         opened: event.time_unix_micros,
                         closed: None,
+                        closed_by: None,
                         consecutive_failures: event.consecutive_failures,
                         reason: event.reason.clone(),
                     },
                 );
             }
-            BreakerTransition::Closed => {
+            BreakerTransition::Closed | BreakerTransition::Reset => {
                 if let Some(mut window) = open.remove(&key) {
                     window.closed = Some(event.time_unix_micros);
+                    window.closed_by =
+                        Some(if event.transition == BreakerTransition::Closed { PROBE } else { RESTART });
                     done.push(window);
                 }
             }
@@ -202,6 +214,7 @@ fn report(counted: Vec<(Window, MovedTraffic)>, query: &HealthQuery, truncated: 
             gateway_instance: window.gateway_instance,
             opened_at: rfc3339(window.opened),
             closed_at: window.closed.map(rfc3339),
+            closed_by: window.closed_by,
             ongoing: window.closed.is_none(),
             duration_seconds: (end - window.opened) as f64 / 1e6,
             consecutive_failures: window.consecutive_failures,
@@ -344,7 +357,7 @@ mod tests {
 
     #[test]
     fn windows_pair_each_instance_opening_with_its_next_closing() {
-        use BreakerTransition::{Closed, Opened};
+        use BreakerTransition::{Closed, Opened, Reset};
         let events = [
             event(10 * S, "a", "primary", Opened),
             event(12 * S, "b", "primary", Opened),
@@ -352,6 +365,9 @@ mod tests {
             event(25 * S, "a", "primary", Closed), // no window open: ignored
             event(30 * S, "b", "primary", Opened), // b restarted mid-outage
             event(40 * S, "a", "backup", Opened),
+            event(44 * S, "c", "primary", Opened),
+            event(46 * S, "c", "primary", Reset), // c started again
+            event(47 * S, "c", "primary", Reset), // nothing open: ignored
         ];
         let query = HealthQuery { range: TimeRange { from: 0, to: 100 * S }, upstream: None, now: 50 * S };
         let (found, truncated) = windows(&events, &query);
@@ -362,12 +378,20 @@ mod tests {
             .collect();
         assert_eq!(
             spans,
-            [("a", "primary", 10, 20), ("b", "primary", 12, 30), ("b", "primary", 30, 50), ("a", "backup", 40, 50)]
+            [
+                ("a", "primary", 10, 20),
+                ("b", "primary", 12, 30),
+                ("b", "primary", 30, 50),
+                ("a", "backup", 40, 50),
+                ("c", "primary", 44, 46)
+            ]
         );
+        let ends: Vec<_> = found.iter().map(|w| w.closed_by).collect();
+        assert_eq!(ends, [Some("probe"), Some("restart"), None, None, Some("restart")]);
         assert!(found[3].closed.is_none(), "still open: ends now");
 
         let late = HealthQuery { range: TimeRange { from: 21 * S, to: 100 * S }, upstream: None, now: 50 * S };
-        assert_eq!(windows(&events, &late).0.len(), 3, "a window that ended before the range is left out");
+        assert_eq!(windows(&events, &late).0.len(), 4, "a window that ended before the range is left out");
 
         let counted = found.into_iter().map(|window| (window, MovedTraffic::default())).collect();
         let report = report(counted, &query, false);

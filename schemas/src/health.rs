@@ -14,6 +14,10 @@ pub enum BreakerTransition {
     Opened,
     /// A probe succeeded: traffic flows to the upstream again.
     Closed,
+    /// The gateway instance started, so its breaker for the upstream begins closed: a
+    /// window it left open (it stopped during an outage) ends here. Published for every
+    /// configured upstream at start.
+    Reset,
 }
 
 impl BreakerTransition {
@@ -21,6 +25,7 @@ impl BreakerTransition {
         match self {
             BreakerTransition::Opened => "opened",
             BreakerTransition::Closed => "closed",
+            BreakerTransition::Reset => "reset",
         }
     }
 
@@ -28,6 +33,7 @@ impl BreakerTransition {
         match text {
             "opened" => Some(BreakerTransition::Opened),
             "closed" => Some(BreakerTransition::Closed),
+            "reset" => Some(BreakerTransition::Reset),
             _ => None,
         }
     }
@@ -36,8 +42,8 @@ impl BreakerTransition {
 /// One circuit-breaker transition of one gateway instance for one upstream. Published
 /// on [`crate::topics::UPSTREAM_HEALTH`] keyed by upstream, archived like every other
 /// event. Each gateway keeps its own breakers, so an outage window is the time between
-/// an instance's `opened` and its next `closed` for that upstream. Failed probes during
-/// an open window re-open the breaker without a new event.
+/// an instance's `opened` and its next `closed` (or `reset`, when it restarted) for that
+/// upstream. Failed probes during an open window re-open the breaker without a new event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UpstreamHealth {
     pub schema_version: u16,
@@ -51,7 +57,7 @@ pub struct UpstreamHealth {
     /// `gen_ai.provider.name` of the upstream, for example `openai`.
     pub provider: String,
     pub transition: BreakerTransition,
-    /// Consecutive failed attempts when the breaker opened; 0 when it closed.
+    /// Consecutive failed attempts when the breaker opened; 0 otherwise.
     pub consecutive_failures: u32,
     /// How long the breaker stays open before it lets a probe through.
     pub cool_down_millis: u64,

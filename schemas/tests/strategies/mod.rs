@@ -398,7 +398,7 @@ pub fn access_event() -> impl Strategy<Value = AccessEvent> {
 pub fn upstream_health() -> impl Strategy<Value = UpstreamHealth> {
     (
         (uuid_v7(), micros(), ident(), ident(), ident()),
-        prop_oneof![Just(BreakerTransition::Opened), Just(BreakerTransition::Closed)],
+        prop_oneof![Just(BreakerTransition::Opened), Just(BreakerTransition::Closed), Just(BreakerTransition::Reset)],
         (any::<u32>(), any::<u64>(), option::of(text())),
     )
         .prop_map(|((id, time, instance, upstream, provider), transition, (failures, cool_down, reason))| {
