@@ -368,7 +368,12 @@ function showHealth(health, from, to) {
           cell(timeline.upstream),
           cell(window.gateway_instance),
           cell(window.opened_at.replace("T", " ").slice(0, 19)),
-          window.ongoing ? cell("still open", "outage") : cell(window.closed_at.replace("T", " ").slice(0, 19)),
+          window.ongoing
+            ? cell("still open", "outage")
+            : cell(
+                window.closed_at.replace("T", " ").slice(0, 19) +
+                  (window.closed_by === "restart" ? " (gateway restarted)" : ""),
+              ),
           cell(seconds(window.duration_seconds), "num"),
           cell(window.reason || ""),
           cell(window.moved.requests, "num"),
