@@ -209,20 +209,9 @@ impl Recorder {
         let log = Arc::clone(&self.inner.log);
         let upstream = event.upstream.clone();
         self.inner.runtime.spawn(async move {
-            loop {
-                match log.publish(UPSTREAM_HEALTH, &key, &payload) {
-                    Ok(pending) => {
-                        if let Err(error) = pending.await {
-                            tracing::error!(%error, %upstream, "the log refused an upstream health event");
-                        }
-                        return;
-                    }
-                    Err(LogError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    Err(error) => {
-                        tracing::error!(%error, %upstream, "the log refused an upstream health event");
-                        return;
-                    }
-                }
+            if let Err(error) = tollgate_eventlog::publish_and_wait(log.as_ref(), UPSTREAM_HEALTH, &key, &payload).await
+            {
+                tracing::error!(%error, %upstream, "the log refused an upstream health event");
             }
         });
     }

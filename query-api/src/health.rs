@@ -26,6 +26,7 @@ use tollgate_schemas::{BreakerTransition, UpstreamHealth};
 use crate::clickhouse::{ClickHouseQueries, Value};
 use crate::params::{ApiError, TimeRange};
 use crate::parquet::ParquetStore;
+use crate::performance::{json_int, json_text};
 use crate::store::{Bind, ListQuery, int, rfc3339, string};
 
 /// The most breaker events a report reads, and the most windows it returns (the latest).
@@ -258,8 +259,14 @@ fn event_query(query: &HealthQuery) -> ListQuery {
     }
 }
 
-const MOVED_CONDITION: &str = "kind = 'model_call' AND gateway_instance = ? AND preferred_upstream = ? \
-     AND (upstream IS NULL OR upstream <> ?)";
+/// Model calls of gateway `instance` whose route prefers `preferred` and that `other`
+/// (the same upstream) did not serve; the arguments are placeholders.
+fn moved_condition(instance: &str, preferred: &str, other: &str) -> String {
+    format!(
+        "kind = 'model_call' AND gateway_instance = {instance} AND preferred_upstream = {preferred} \
+         AND (upstream IS NULL OR upstream <> {other})"
+    )
+}
 
 impl ParquetStore {
     /// See [`crate::health`].
@@ -271,10 +278,8 @@ impl ParquetStore {
             let mut bind = Bind::default();
             let range = bind.range(TimeRange { from: window.opened, to: window.end(query) });
             let instance = bind.add(datafusion::scalar::ScalarValue::Utf8(Some(window.gateway_instance.clone())));
-            let preferred = bind.add(datafusion::scalar::ScalarValue::Utf8(Some(window.upstream.clone())));
-            let other = bind.add(datafusion::scalar::ScalarValue::Utf8(Some(window.upstream.clone())));
-            let condition =
-                MOVED_CONDITION.replacen('?', &instance, 1).replacen('?', &preferred, 1).replacen('?', &other, 1);
+            let upstream = bind.add(datafusion::scalar::ScalarValue::Utf8(Some(window.upstream.clone())));
+            let condition = moved_condition(&instance, &upstream, &upstream);
             // One row per id: the archive keeps every published copy.
             let sql = format!(
                 "SELECT upstream, outcome, count(DISTINCT id) AS requests FROM priced_interactions \
@@ -305,7 +310,8 @@ impl ClickHouseQueries {
         for window in windows {
             let sql = format!(
                 "SELECT upstream, outcome, uniqExact(id) AS requests FROM priced_interactions \
-                 WHERE time >= ? AND time < ? AND {MOVED_CONDITION} GROUP BY upstream, outcome"
+                 WHERE time >= ? AND time < ? AND {} GROUP BY upstream, outcome",
+                moved_condition("?", "?", "?")
             );
             let bind = vec![
                 Value::Int(window.opened),
@@ -319,13 +325,11 @@ impl ClickHouseQueries {
                 .await?
                 .into_iter()
                 .map(|row| {
-                    let text = |name: &str| row.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
-                    let requests = match row.get("requests") {
-                        Some(serde_json::Value::String(number)) => number.parse().unwrap_or(0),
-                        Some(value) => value.as_i64().unwrap_or(0),
-                        None => 0,
-                    };
-                    (text("upstream"), text("outcome").unwrap_or_default(), requests)
+                    (
+                        json_text(&row, "upstream"),
+                        json_text(&row, "outcome").unwrap_or_default(),
+                        json_int(&row, "requests"),
+                    )
                 })
                 .collect();
             counted.push((window, moved(rows)));

@@ -365,7 +365,7 @@ fn clickhouse_percentile(values: &str, level: f64) -> String {
     )
 }
 
-fn json_int(row: &tollgate_schemas::arrow::JsonRow, name: &str) -> i64 {
+pub(crate) fn json_int(row: &tollgate_schemas::arrow::JsonRow, name: &str) -> i64 {
     match row.get(name) {
         Some(serde_json::Value::String(text)) => text.parse().unwrap_or(0),
         Some(value) => value.as_i64().unwrap_or(0),
@@ -381,7 +381,7 @@ fn json_float(row: &tollgate_schemas::arrow::JsonRow, name: &str) -> Option<f64>
     }
 }
 
-fn json_text(row: &tollgate_schemas::arrow::JsonRow, name: &str) -> Option<String> {
+pub(crate) fn json_text(row: &tollgate_schemas::arrow::JsonRow, name: &str) -> Option<String> {
     row.get(name).and_then(serde_json::Value::as_str).map(str::to_owned)
 }
 
