@@ -34,13 +34,18 @@ fn pii_severity(kind: PiiKind) -> Severity {
     }
 }
 
-fn what_was_called(interaction: &Interaction) -> String {
-    match &interaction.call {
-        Call::ModelCall(call) => format!("model {}", call.routed_model.as_deref().unwrap_or(&call.request_model)),
-        Call::ToolCall(call) => match &call.tool {
-            Some(tool) => format!("tool {}/{tool}", call.server),
-            None => format!("MCP server {} ({})", call.server, call.method),
-        },
+/// What a call was to, for violation summaries: `model gpt-4o`, `tool search/web`.
+struct WhatWasCalled<'a>(&'a Interaction);
+
+impl std::fmt::Display for WhatWasCalled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.call {
+            Call::ModelCall(call) => write!(f, "model {}", call.routed_model.as_deref().unwrap_or(&call.request_model)),
+            Call::ToolCall(call) => match &call.tool {
+                Some(tool) => write!(f, "tool {}/{tool}", call.server),
+                None => write!(f, "MCP server {} ({})", call.server, call.method),
+            },
+        }
     }
 }
 
@@ -64,7 +69,7 @@ pub fn violations(interaction: &Interaction, unpriced: bool) -> Vec<PolicyViolat
         interaction.outcome.status == OutcomeStatus::BlockedByPolicy
             && interaction.outcome.error_type.as_deref() == Some(error_type)
     };
-    let target = what_was_called(interaction);
+    let target = WhatWasCalled(interaction);
     let where_ = match interaction.call {
         Call::ModelCall(_) => "prompt",
         Call::ToolCall(_) => "tool arguments",

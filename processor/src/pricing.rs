@@ -23,6 +23,7 @@
 //! offset (spend, in the budget stage).
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +32,8 @@ use tollgate_eventlog::{EventLog, Position, Record};
 use tollgate_schemas::pricing::{PriceCatalog, PriceCatalogDocument};
 use tollgate_schemas::topics::{GOVERNANCE, INTERACTIONS, Keyed, PRICED_INTERACTIONS};
 use tollgate_schemas::{
-    DeadLetterReason, GovernanceChange, Interaction, Nanodollars, PricedInteraction, SCHEMA_VERSION, SourceOffset,
-    SpendEntry, SubjectChange, SubjectUpdate, TargetKind,
+    DeadLetterReason, GovernanceChange, Interaction, Nanodollars, PricedInteraction, Principal, SCHEMA_VERSION,
+    SourceOffset, SpendEntry, Subject, SubjectChange, SubjectKind, SubjectUpdate, TargetKind,
 };
 
 use crate::config::ProcessorConfig;
@@ -69,24 +70,32 @@ pub async fn run(
         }
         let started = Instant::now();
         let mut outputs = Outputs::default();
-        let mut spend: BTreeMap<(String, i32), SubjectUpdate> = BTreeMap::new();
-        let mut committed: BTreeMap<(String, i32), Position> = BTreeMap::new();
+        let mut spend = BatchSpend::default();
+        let mut priced = PricedCounts::default();
+        // The next position of each partition in the batch (a handful of them).
+        let mut committed: Vec<Position> = Vec::new();
         for record in &batch {
-            committed.insert((record.topic.clone(), record.partition), record.next_position());
+            match committed.iter_mut().find(|p| p.partition == record.partition && p.topic == record.topic) {
+                Some(position) => position.next_offset = record.offset + 1,
+                None => committed.push(record.next_position()),
+            }
             if record.topic == GOVERNANCE {
                 governance_record(log.as_ref(), &view, &metrics, &group, record, &mut outputs).await?;
             } else {
-                interaction_record(log.as_ref(), &view, &metrics, &group, record, &mut outputs, &mut spend).await?;
+                let context = Context { log: log.as_ref(), view: &view, metrics: &metrics, group: &group };
+                interaction_record(&context, record, &mut outputs, &mut spend, &mut priced).await?;
             }
         }
-        for update in spend.values() {
+        for update in spend.updates() {
             outputs.event(log.as_ref(), update).await?;
         }
         outputs.acknowledged().await?;
-        for (partition, position) in committed {
+        for position in committed {
+            let partition = (position.topic.clone(), position.partition);
             positions.insert(partition.clone(), position.next_offset);
             uncommitted.insert(partition, position);
         }
+        priced.report(&metrics);
         let labels = StageLabels { stage: STAGE };
         metrics.records.get_or_create(&labels).inc_by(batch.len() as u64);
         metrics.batch_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
@@ -127,15 +136,22 @@ async fn commit(
     Ok(())
 }
 
+/// What handling an interaction needs besides the record itself.
+struct Context<'a> {
+    log: &'a dyn EventLog,
+    view: &'a GovernanceView,
+    metrics: &'a ProcessorMetrics,
+    group: &'a str,
+}
+
 async fn interaction_record(
-    log: &dyn EventLog,
-    view: &GovernanceView,
-    metrics: &ProcessorMetrics,
-    group: &str,
+    context: &Context<'_>,
     record: &Record,
     outputs: &mut Outputs,
-    spend: &mut BTreeMap<(String, i32), SubjectUpdate>,
+    spend: &mut BatchSpend,
+    counts: &mut PricedCounts,
 ) -> Result<(), StageError> {
+    let Context { log, view, metrics, group } = *context;
     let interaction = match tollgate_schemas::decode::<Interaction>(&record.payload) {
         Ok(interaction) => interaction,
         Err(error) => {
@@ -146,32 +162,78 @@ async fn interaction_record(
     let (mut priced, unpriced) = view.pricer().priced_interaction(interaction, tollgate_schemas::now_unix_micros());
     priced.source =
         Some(SourceOffset { topic: record.topic.clone(), partition: record.partition, offset: record.offset });
-    metrics.priced.get_or_create(&PricedLabels { priced: if unpriced { "false" } else { "true" } }).inc();
+    counts.count(unpriced);
     for violation in crate::detect::violations(&priced.interaction, unpriced) {
         metrics.violations.get_or_create(&RuleLabels { rule: violation.rule_id.clone() }).inc();
         outputs.event(log, &violation).await?;
     }
     let cost = priced.cost.total;
     if cost > Nanodollars::ZERO {
-        let interaction = &priced.interaction;
-        let entry = SpendEntry { offset: record.offset, time_unix_micros: interaction.time_unix_micros, cost };
-        for subject in interaction.principal.subjects() {
-            let update = spend.entry((subject.key(), record.partition)).or_insert_with(|| SubjectUpdate {
-                schema_version: SCHEMA_VERSION,
-                subject,
-                org_id: interaction.principal.org_id.clone(),
-                source_topic: INTERACTIONS.to_owned(),
-                source_partition: record.partition,
-                change: SubjectChange::Spend { entries: Vec::new() },
-            });
-            if let SubjectChange::Spend { entries } = &mut update.change {
-                entries.push(entry);
-            }
-        }
+        let entry = SpendEntry { offset: record.offset, time_unix_micros: priced.interaction.time_unix_micros, cost };
+        spend.add(record.partition, &priced.interaction.principal, entry);
     }
     let payload = priced_payload(&record.payload, &priced);
     outputs.raw(log, PRICED_INTERACTIONS, priced.message_key().as_bytes(), &payload).await?;
     Ok(())
+}
+
+/// The spend of one batch: one update per subject and source partition, each with the
+/// subject's entries in offset order. Adding an entry allocates only for a subject new to
+/// the batch.
+#[derive(Debug, Default)]
+struct BatchSpend {
+    updates: BTreeMap<(i32, SubjectKind), BTreeMap<String, SubjectUpdate>>,
+}
+
+impl BatchSpend {
+    fn add(&mut self, partition: i32, principal: &Principal, entry: SpendEntry) {
+        for (kind, id) in principal.subject_ids() {
+            let of_kind = self.updates.entry((partition, kind)).or_default();
+            if !of_kind.contains_key(id) {
+                let update = SubjectUpdate {
+                    schema_version: SCHEMA_VERSION,
+                    subject: Subject::new(kind, id),
+                    org_id: principal.org_id.clone(),
+                    source_topic: INTERACTIONS.to_owned(),
+                    source_partition: partition,
+                    change: SubjectChange::Spend { entries: Vec::new() },
+                };
+                of_kind.insert(id.to_owned(), update);
+            }
+            if let Some(SubjectUpdate { change: SubjectChange::Spend { entries }, .. }) = of_kind.get_mut(id) {
+                entries.push(entry);
+            }
+        }
+    }
+
+    fn updates(&self) -> impl Iterator<Item = &SubjectUpdate> {
+        self.updates.values().flat_map(BTreeMap::values)
+    }
+}
+
+/// Interactions priced and unpriced in a batch, added to the metrics once per batch.
+#[derive(Debug, Default)]
+struct PricedCounts {
+    priced: u64,
+    unpriced: u64,
+}
+
+impl PricedCounts {
+    fn count(&mut self, unpriced: bool) {
+        if unpriced {
+            self.unpriced += 1;
+        } else {
+            self.priced += 1;
+        }
+    }
+
+    fn report(&self, metrics: &ProcessorMetrics) {
+        for (priced, count) in [("true", self.priced), ("false", self.unpriced)] {
+            if count > 0 {
+                metrics.priced.get_or_create(&PricedLabels { priced }).inc_by(count);
+            }
+        }
+    }
 }
 
 /// The JSON of `priced`, with the interaction as the gateway wrote it (`raw`, which has
@@ -194,20 +256,21 @@ fn priced_payload(raw: &[u8], priced: &PricedInteraction) -> Vec<u8> {
         priced_at_unix_micros: priced.priced_at_unix_micros,
         source: priced.source.as_ref(),
     };
-    match serde_json::to_vec(&rest) {
-        // `{"cost":...}` becomes the tail of `{"schema_version":N,"interaction":RAW,"cost":...}`.
-        Ok(rest) if rest.first() == Some(&b'{') => {
-            let mut payload = Vec::with_capacity(raw.len() + rest.len() + 40);
-            payload.extend_from_slice(b"{\"schema_version\":");
-            payload.extend_from_slice(priced.schema_version.to_string().as_bytes());
-            payload.extend_from_slice(b",\"interaction\":");
-            payload.extend_from_slice(raw.trim_ascii());
-            payload.push(b',');
-            payload.extend_from_slice(&rest[1..]);
-            payload
-        }
-        _ => tollgate_schemas::encode(priced).unwrap_or_default(),
+    // `{"cost":...}` is written after `{"schema_version":N,"interaction":RAW` and its
+    // opening brace becomes the comma between the two.
+    let raw = raw.trim_ascii();
+    let mut payload = Vec::with_capacity(raw.len() + 400);
+    let _ = write!(payload, "{{\"schema_version\":{},\"interaction\":", priced.schema_version);
+    payload.extend_from_slice(raw);
+    let rest_at = payload.len();
+    if serde_json::to_writer(&mut payload, &rest).is_ok()
+        && let Some(brace) = payload.get_mut(rest_at)
+        && *brace == b'{'
+    {
+        *brace = b',';
+        return payload;
     }
+    tollgate_schemas::encode(priced).unwrap_or_default()
 }
 
 async fn governance_record(

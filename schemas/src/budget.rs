@@ -71,7 +71,7 @@ pub struct SubjectUpdate {
 }
 
 /// What changed for the subject.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SubjectChange {
     /// Priced interactions of the subject from one source partition, in offset order.
@@ -85,6 +85,49 @@ pub enum SubjectChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spec: Option<BudgetSpec>,
     },
+}
+
+// Decoding is written out rather than derived, as for `Call`: serde's derived decoding of
+// an internally tagged enum first copies the whole object, every spend entry included,
+// into an intermediate tree to find the tag. That copy was over half of the budget
+// stage's decoding time.
+impl<'de> Deserialize<'de> for SubjectChange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            Spend,
+            Budget,
+        }
+
+        /// Every field of either kind; what the kind does not use is ignored, as unknown
+        /// fields are.
+        #[derive(Deserialize)]
+        struct Fields {
+            kind: Kind,
+            entries: Option<Vec<SpendEntry>>,
+            source_offset: Option<i64>,
+            change_id: Option<Uuid>,
+            budget_id: Option<String>,
+            #[serde(default)]
+            spec: Option<BudgetSpec>,
+        }
+
+        let fields = Fields::deserialize(deserializer)?;
+        match fields.kind {
+            Kind::Spend => {
+                Ok(SubjectChange::Spend { entries: fields.entries.ok_or_else(|| D::Error::missing_field("entries"))? })
+            }
+            Kind::Budget => Ok(SubjectChange::Budget {
+                source_offset: fields.source_offset.ok_or_else(|| D::Error::missing_field("source_offset"))?,
+                change_id: fields.change_id.ok_or_else(|| D::Error::missing_field("change_id"))?,
+                budget_id: fields.budget_id.ok_or_else(|| D::Error::missing_field("budget_id"))?,
+                spec: fields.spec,
+            }),
+        }
+    }
 }
 
 /// The cost of one priced interaction.

@@ -70,15 +70,20 @@ impl Principal {
     /// The budget subjects this principal's spend counts toward, most specific first:
     /// its key, then its user, team and org.
     pub fn subjects(&self) -> Vec<Subject> {
-        let mut subjects = vec![Subject::new(SubjectKind::Key, self.key_id.clone())];
-        if let Some(user) = &self.user_id {
-            subjects.push(Subject::new(SubjectKind::User, user.clone()));
-        }
-        if let Some(team) = &self.team_id {
-            subjects.push(Subject::new(SubjectKind::Team, team.clone()));
-        }
-        subjects.push(Subject::new(SubjectKind::Org, self.org_id.clone()));
-        subjects
+        self.subject_ids().map(|(kind, id)| Subject::new(kind, id)).collect()
+    }
+
+    /// [`Principal::subjects`] as kinds and borrowed ids, in the same order, for hot paths
+    /// that look subjects up rather than keep them.
+    pub fn subject_ids(&self) -> impl Iterator<Item = (SubjectKind, &str)> {
+        [
+            Some((SubjectKind::Key, self.key_id.as_str())),
+            self.user_id.as_deref().map(|user| (SubjectKind::User, user)),
+            self.team_id.as_deref().map(|team| (SubjectKind::Team, team)),
+            Some((SubjectKind::Org, self.org_id.as_str())),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 

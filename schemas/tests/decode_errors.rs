@@ -159,3 +159,32 @@ fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
     let payload = "[".repeat(100_000);
     assert!(decode::<Interaction>(payload.as_bytes()).is_err());
 }
+
+#[test]
+fn a_subject_update_missing_what_its_kind_needs_is_named() {
+    let update = serde_json::json!({
+        "schema_version": tollgate_schemas::SCHEMA_VERSION,
+        "subject": {"kind": "team", "id": "team-1"},
+        "org_id": "org-1",
+        "source_topic": "tollgate.interactions",
+        "source_partition": 0,
+        "change": {"kind": "budget", "source_offset": 4, "budget_id": "b-1"},
+    });
+    let error = decode::<tollgate_schemas::SubjectUpdate>(update.to_string().as_bytes()).unwrap_err();
+    match &error {
+        DecodeError::InvalidField { path, message, .. } => {
+            assert_eq!(path, "change");
+            assert!(message.contains("missing field `change_id`"), "{message}");
+        }
+        other => panic!("expected InvalidField, got {other:?}"),
+    }
+
+    let mut spend = update;
+    spend["change"] = serde_json::json!({"kind": "spend"});
+    let error = decode::<tollgate_schemas::SubjectUpdate>(spend.to_string().as_bytes()).unwrap_err();
+    assert!(error.to_string().contains("missing field `entries`"), "{error}");
+
+    spend["change"] = serde_json::json!({"kind": "refund", "entries": []});
+    let error = decode::<tollgate_schemas::SubjectUpdate>(spend.to_string().as_bytes()).unwrap_err();
+    assert!(matches!(&error, DecodeError::InvalidField { path, .. } if path.starts_with("change")), "{error:?}");
+}

@@ -92,6 +92,9 @@ proptest! {
     fn access_event_json(event in strategies::access_event()) { json_round_trip(&event)?; }
 
     #[test]
+    fn subject_update_json(event in strategies::subject_update()) { json_round_trip(&event)?; }
+
+    #[test]
     fn upstream_health_json(event in strategies::upstream_health()) { json_round_trip(&event)?; }
 
     #[test]

@@ -226,6 +226,56 @@ fn window() -> impl Strategy<Value = BudgetWindow> {
         })
 }
 
+/// A valid update: spend entries in strictly ascending offset order with costs of zero
+/// or more, or a budget set (its spec about the update's subject) or lifted.
+pub fn subject_update() -> impl Strategy<Value = SubjectUpdate> {
+    let entries = vec((0i64..1_000, micros(), 0i64..(1i64 << 50)), 0..8).prop_map(|steps| {
+        let mut offset = -1;
+        steps
+            .into_iter()
+            .map(|(step, time_unix_micros, cost)| {
+                offset += step + 1;
+                SpendEntry { offset, time_unix_micros, cost: Nanodollars(cost) }
+            })
+            .collect::<Vec<_>>()
+    });
+    let spec = (
+        prop_oneof![Just(WindowKind::Day), Just(WindowKind::Month), Just(WindowKind::Lifetime)],
+        1i64..(1i64 << 50),
+        any::<bool>(),
+        vec(1u16..=1000, 0..4),
+    );
+    let change = prop_oneof![
+        entries.prop_map(|entries| (Some(entries), None)),
+        (any::<i64>(), uuid_v7(), ident(), option::of(spec)).prop_map(|budget| (None, Some(budget))),
+    ];
+    (subject(), ident(), ident(), any::<i32>(), change).prop_map(
+        |(subject, org_id, source_topic, source_partition, change)| {
+            let change = match change {
+                (Some(entries), _) => SubjectChange::Spend { entries },
+                (_, Some((source_offset, change_id, budget_id, spec))) => SubjectChange::Budget {
+                    source_offset,
+                    change_id,
+                    budget_id,
+                    spec: spec.map(|(window, limit, hard, mut thresholds)| {
+                        thresholds.sort_unstable();
+                        thresholds.dedup();
+                        BudgetSpec {
+                            subject: subject.clone(),
+                            window,
+                            limit: Nanodollars(limit),
+                            hard,
+                            alert_thresholds_percent: thresholds,
+                        }
+                    }),
+                },
+                (None, None) => SubjectChange::Spend { entries: Vec::new() },
+            };
+            SubjectUpdate { schema_version: SCHEMA_VERSION, subject, org_id, source_topic, source_partition, change }
+        },
+    )
+}
+
 fn source_offset() -> impl Strategy<Value = SourceOffset> {
     (text(), any::<i32>(), any::<i64>()).prop_map(|(topic, partition, offset)| SourceOffset {
         topic,
