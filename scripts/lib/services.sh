@@ -91,8 +91,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# start_broker [NAME]: NAME tells the log file apart when a script starts two brokers.
 start_broker() {
-    local port
+    local port log="$workdir/tansu${1:+-$1}.log"
     port=$(free_port)
     # SQLite storage rather than memory://: tansu 0.6's memory engine reports a high
     # watermark of one per produced batch instead of one per record. The path is relative
@@ -102,7 +103,7 @@ start_broker() {
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
         --storage-engine "${TOLLGATE_TEST_BROKER_STORAGE:-sqlite://tansu.db}" \
-        >"$workdir/tansu.log" 2>&1) &
+        >"$log" 2>&1) &
     pids+=($!)
     export TOLLGATE_TEST_BROKER_PID=$!
     wait_until "the tansu broker on port $port" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
