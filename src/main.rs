@@ -385,6 +385,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let (log, spool): (Arc<dyn EventLog>, Option<Arc<dyn EventLog>>) = match &args.kafka_bootstrap_servers {
         Some(servers) => {
             let mut kafka = KafkaConfig::new(servers.clone());
+            config.kafka.apply(&mut kafka);
             tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
             kafka.client_id = config.instance_id.clone();
             let log = KafkaLog::connect(kafka).context("creating the Kafka clients")?;

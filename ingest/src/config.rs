@@ -44,6 +44,35 @@ struct RawConfig {
     teams: Vec<TeamPolicySpec>,
     #[serde(default)]
     mcp_servers: Vec<RawMcpServer>,
+    #[serde(default)]
+    kafka: KafkaProperties,
+}
+
+/// librdkafka properties for the gateway's Kafka clients (with `--kafka-bootstrap-servers`),
+/// applied over Tollgate's defaults: `security.protocol`, `sasl.*` and `ssl.*` under
+/// `[kafka.properties]`, producer tuning such as `compression.type` or `linger.ms` under
+/// `[kafka.producer_properties]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaProperties {
+    /// For every client.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// For the producer only (events, spool drain).
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    /// For consumers only (decisions, governance).
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+}
+
+impl KafkaProperties {
+    /// Adds these properties to `kafka`; they win over what it holds.
+    pub fn apply(&self, kafka: &mut tollgate_eventlog::KafkaConfig) {
+        kafka.properties.extend(self.properties.clone());
+        kafka.producer_properties.extend(self.producer_properties.clone());
+        kafka.consumer_properties.extend(self.consumer_properties.clone());
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +280,8 @@ pub struct GatewayConfig {
     /// MCP servers by name.
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     pub mcp_allowed_hosts: Vec<String>,
+    /// librdkafka properties for the Kafka clients.
+    pub kafka: KafkaProperties,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -459,6 +490,7 @@ impl GatewayConfig {
                 .server
                 .mcp_allowed_hosts
                 .unwrap_or_else(|| vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]),
+            kafka: raw.kafka,
         })
     }
 }
@@ -583,6 +615,31 @@ mod tests {
         assert_eq!((upstream.base_url.as_str(), upstream.provider.as_str()), ("http://127.0.0.1:9000", "openai"));
         assert_eq!(upstream.api_key.as_deref(), Some("sk-live"));
         assert_eq!(config.models["gpt-4o"][1], Target { upstream: "primary".into(), model: "gpt-4o-mini".into() });
+    }
+
+    #[test]
+    fn kafka_properties_win_over_the_defaults() {
+        let config = GatewayConfig::from_toml(
+            r#"
+            [kafka.properties]
+            "security.protocol" = "SASL_SSL"
+            [kafka.producer_properties]
+            "compression.type" = "none"
+            "message.timeout.ms" = "60000"
+            "#,
+            &environment(),
+        )
+        .unwrap();
+        let mut kafka = tollgate_eventlog::KafkaConfig::new("kafka:9092");
+        config.kafka.apply(&mut kafka);
+        crate::recorder::gateway_kafka_config(&mut kafka);
+        assert_eq!(kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(kafka.producer_properties["compression.type"], "none");
+        assert_eq!(kafka.producer_properties["message.timeout.ms"], "60000", "the configured value wins");
+        assert_eq!(kafka.consumer_properties["fetch.wait.max.ms"], "50", "a default stays where none is configured");
+
+        let error = GatewayConfig::from_toml("[kafka]\nproducer = { linger_ms = 5 }\n", &environment()).unwrap_err();
+        assert!(error.to_string().contains("unknown field `producer`"), "{error}");
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! use): interactions are published at a steady rate for a while, and for each one the
 //! time from its publication to the first quota decision of its team that reflects it
 //! (the decision's source offset for the interaction's partition is past the
-//! interaction's offset) is measured: the end-to-end path a budget cutoff takes.
+//! interaction's offset) is measured: the end-to-end path a budget cutoff takes. An
+//! untimed warm-up first waits for a decision that reflects spend, so that consumer group
+//! joins are not in the figures.
 //!
 //! The last line is `events_per_cpu_second=N decision_p99_ms=N`.
 
@@ -214,7 +216,18 @@ fn main() {
                 }
             }
         });
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Warm-up, untimed: the decision reader and (after a switch of broker) a freshly
+        // started processor join their groups before the measured traffic starts.
+        publish(log.as_ref(), &workload(200, 44, tollgate_schemas::now_unix_micros())).await;
+        let warming = Instant::now();
+        while !arrivals.lock().unwrap().iter().any(|(_, decision)| {
+            decision.source_offsets.iter().any(|source| source.topic == INTERACTIONS)
+        }) {
+            assert!(warming.elapsed() < Duration::from_secs(60), "no decision reflected the warm-up spend in a minute");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        arrivals.lock().unwrap().clear();
         let steady = workload(STEADY_RATE * usize::try_from(STEADY_SECONDS).unwrap(), 43, tollgate_schemas::now_unix_micros());
         // Calls that cost nothing (unknown models, unpriced tools) change no spend, so no
         // decision reflects them: they are published but not measured.
