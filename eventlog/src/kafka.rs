@@ -42,6 +42,33 @@ pub struct KafkaConfig {
     pub consumer_properties: BTreeMap<String, String>,
 }
 
+/// librdkafka properties from a service's configuration file (`[kafka.properties]`,
+/// `[kafka.producer_properties]`, `[kafka.consumer_properties]`), to lay over a
+/// [`KafkaConfig`]: `security.protocol`, `sasl.*` and `ssl.*` for every client, tuning
+/// such as `compression.type` or `linger.ms` for producers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaProperties {
+    /// For every client.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// For producers only.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    /// For consumers only.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+}
+
+impl KafkaProperties {
+    /// Adds these properties to `kafka`; they win over what it holds.
+    pub fn apply(&self, kafka: &mut KafkaConfig) {
+        kafka.properties.extend(self.properties.clone());
+        kafka.producer_properties.extend(self.producer_properties.clone());
+        kafka.consumer_properties.extend(self.consumer_properties.clone());
+    }
+}
+
 fn default_client_id() -> String {
     "tollgate".to_owned()
 }

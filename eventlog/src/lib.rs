@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
 pub use follow::Follower;
-pub use kafka::{KafkaConfig, KafkaLog};
+pub use kafka::{KafkaConfig, KafkaLog, KafkaProperties};
 use tollgate_schemas::topics::TopicSpec;
 
 /// One message read from a topic.

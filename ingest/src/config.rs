@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tollgate_eventlog::KafkaProperties;
 use tollgate_schemas::{TeamPolicySpec, VirtualKeySpec};
 
 use crate::keys::KeyStore;
@@ -44,35 +45,9 @@ struct RawConfig {
     teams: Vec<TeamPolicySpec>,
     #[serde(default)]
     mcp_servers: Vec<RawMcpServer>,
+    /// librdkafka properties for the Kafka clients (with `--kafka-bootstrap-servers`).
     #[serde(default)]
     kafka: KafkaProperties,
-}
-
-/// librdkafka properties for the gateway's Kafka clients (with `--kafka-bootstrap-servers`),
-/// applied over Tollgate's defaults: `security.protocol`, `sasl.*` and `ssl.*` under
-/// `[kafka.properties]`, producer tuning such as `compression.type` or `linger.ms` under
-/// `[kafka.producer_properties]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaProperties {
-    /// For every client.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// For the producer only (events, spool drain).
-    #[serde(default)]
-    pub producer_properties: BTreeMap<String, String>,
-    /// For consumers only (decisions, governance).
-    #[serde(default)]
-    pub consumer_properties: BTreeMap<String, String>,
-}
-
-impl KafkaProperties {
-    /// Adds these properties to `kafka`; they win over what it holds.
-    pub fn apply(&self, kafka: &mut tollgate_eventlog::KafkaConfig) {
-        kafka.properties.extend(self.properties.clone());
-        kafka.producer_properties.extend(self.producer_properties.clone());
-        kafka.consumer_properties.extend(self.consumer_properties.clone());
-    }
 }
 
 #[derive(Debug, Deserialize)]

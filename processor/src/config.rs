@@ -22,7 +22,7 @@ struct RawConfig {
     #[serde(default)]
     budgets: Vec<RawBudget>,
     #[serde(default)]
-    kafka: RawKafka,
+    kafka: tollgate_eventlog::KafkaProperties,
     archive: Option<RawArchive>,
     clickhouse: Option<RawClickHouse>,
 }
@@ -47,17 +47,6 @@ struct RawArchive {
     roll_interval_seconds: Option<u64>,
     signing_key: Option<String>,
     signing_key_file: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKafka {
-    #[serde(default)]
-    properties: BTreeMap<String, String>,
-    #[serde(default)]
-    producer_properties: BTreeMap<String, String>,
-    #[serde(default)]
-    consumer_properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
