@@ -24,8 +24,11 @@ use tollgate_schemas::pricing::PriceCatalog;
 use tollgate_schemas::topics::{ACCESS, PRICED_INTERACTIONS};
 use tollgate_schemas::{Interaction, Nanodollars};
 
-/// 2026-11-26T23:59:59Z: the 1,500 interactions (1 ms apart) cross midnight UTC.
-const START: i64 = 1_795_737_600_000_000 - 1_000_000;
+/// 2036-11-26T23:59:59Z: the 1,500 interactions (1 ms apart) cross midnight UTC. The day is
+/// years ahead on purpose: the processor stamps a decision with the wall clock when it
+/// makes it, and an interaction's detail lists the decisions in force at its event time,
+/// so the decisions must be stamped before the interactions' event time.
+const START: i64 = 2_111_356_800_000_000 - 1_000_000;
 const COUNT: usize = 1_500;
 
 /// Publishes `interactions` to an embedded log under `dir`, archives everything on it,
@@ -117,7 +120,7 @@ async fn reports_and_searches_answer_from_the_archive() {
 
     let api = serve(&root, log, QueryApiConfig { max_page_size: 500, ..QueryApiConfig::default() }).await;
     let (finance, auditor) = ("finance-token", "auditor-token");
-    let day = "from=2026-11-26&to=2026-11-28";
+    let day = "from=2036-11-26&to=2036-11-28";
 
     // No token, a wrong token, a malformed header.
     assert_eq!(api.get(None, &format!("/v1/reports/cost?{day}")).await.0, StatusCode::UNAUTHORIZED);
@@ -215,12 +218,12 @@ async fn reports_and_searches_answer_from_the_archive() {
     let utc = api.json(finance, &format!("/v1/reports/cost?{day}&bucket=day")).await;
     let buckets: Vec<&str> =
         utc["lines"].as_array().unwrap().iter().map(|line| line["bucket_start"].as_str().unwrap()).collect();
-    assert_eq!(buckets, ["2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"]);
+    assert_eq!(buckets, ["2036-11-26T00:00:00Z", "2036-11-27T00:00:00Z"]);
     let first_day: i64 = interactions.iter().filter(|i| i.time_unix_micros < START + 1_000_000).map(cost).sum();
     assert_eq!(utc["lines"][0]["cost_nanos"], first_day);
     let new_york = api.json(finance, &format!("/v1/reports/cost?{day}&bucket=day&tz=America/New_York")).await;
     assert_eq!(new_york["lines"].as_array().unwrap().len(), 1);
-    assert_eq!(new_york["lines"][0]["bucket_start"], "2026-11-26T05:00:00Z");
+    assert_eq!(new_york["lines"][0]["bucket_start"], "2036-11-26T05:00:00Z");
     assert_eq!(new_york["total_cost_nanos"], expected);
 
     // CSV.
@@ -373,9 +376,9 @@ async fn reports_and_searches_answer_from_the_archive() {
     assert_eq!(api.refused(finance, "/v1/budgets?subject=galaxy:x").await, "subject");
     assert_eq!(api.refused(finance, "/v1/decisions?state=panic").await, "state");
     assert_eq!(api.refused(auditor, "/v1/violations?severity=apocalyptic").await, "severity");
-    assert_eq!(api.refused(finance, "/v1/reports/cost?from=2026-11-28&to=2026-11-26").await, "to");
-    assert_eq!(api.refused(finance, "/v1/reports/cost?from=last+tuesday&to=2026-11-26").await, "from");
-    assert_eq!(api.refused(finance, "/v1/reports/cost?to=2026-11-26").await, "from");
+    assert_eq!(api.refused(finance, "/v1/reports/cost?from=2036-11-28&to=2036-11-26").await, "to");
+    assert_eq!(api.refused(finance, "/v1/reports/cost?from=last+tuesday&to=2036-11-26").await, "from");
+    assert_eq!(api.refused(finance, "/v1/reports/cost?to=2036-11-26").await, "from");
     assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&group_by=team,colour")).await, "group_by");
     assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&bucket=week")).await, "bucket");
     assert_eq!(api.refused(finance, &format!("/v1/reports/cost?{day}&tz=Mars/Olympus")).await, "tz");
@@ -466,12 +469,12 @@ async fn every_request_is_in_the_access_log_and_only_auditors_read_it() {
 
     // Answers of every kind: reports, pages, one record, refusals by role, bad parameters.
     let requests = [
-        (finance, "/v1/reports/cost".to_owned(), "from=2026-11-26&to=2026-11-28&group_by=team", StatusCode::OK),
+        (finance, "/v1/reports/cost".to_owned(), "from=2036-11-26&to=2036-11-28&group_by=team", StatusCode::OK),
         (finance, "/v1/interactions".to_owned(), "limit=5", StatusCode::OK),
         (finance, "/v1/access".to_owned(), "", StatusCode::FORBIDDEN),
         (finance, "/v1/interactions".to_owned(), "text=secret", StatusCode::FORBIDDEN),
         (finance, "/v1/violations".to_owned(), "", StatusCode::FORBIDDEN),
-        (auditor, "/v1/reports/cost".to_owned(), "from=yesterday&to=2026-11-28", StatusCode::BAD_REQUEST),
+        (auditor, "/v1/reports/cost".to_owned(), "from=yesterday&to=2036-11-28", StatusCode::BAD_REQUEST),
         (auditor, format!("/v1/interactions/{one}"), "", StatusCode::OK),
         (auditor, "/v1/interactions".to_owned(), "text=a&limit=3", StatusCode::OK),
         (auditor, "/v1/governance".to_owned(), "", StatusCode::OK),
@@ -552,7 +555,7 @@ async fn a_request_the_access_log_cannot_record_is_not_answered() {
     let (root, log) = archived(dir.path(), &workload(10, 2, START)).await;
     let refusing: Arc<dyn EventLog> = Arc::new(RefusingAccess(Arc::clone(&log)));
     let api = serve(&root, refusing, QueryApiConfig::default()).await;
-    for path in ["/v1/interactions", "/v1/reports/cost?from=2026-11-26&to=2026-11-28", "/v1/access"] {
+    for path in ["/v1/interactions", "/v1/reports/cost?from=2036-11-26&to=2036-11-28", "/v1/access"] {
         let (status, body) = api.get(Some("auditor-token"), path).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
         let body: Value = serde_json::from_str(&body).unwrap();
@@ -594,7 +597,7 @@ impl Api {
 async fn until_status(api: &Api, token: &str, want: StatusCode) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if api.get(Some(token), "/v1/reports/cost?from=2026-11-26&to=2026-11-28").await.0 == want {
+        if api.get(Some(token), "/v1/reports/cost?from=2036-11-26&to=2036-11-28").await.0 == want {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "{token} never got {want}");
@@ -620,7 +623,7 @@ async fn admins_make_and_revoke_tokens_that_every_replica_follows() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
     let ledger = made["token"].as_str().unwrap().to_owned();
-    assert_eq!(first.get(Some(&ledger), "/v1/reports/cost?from=2026-11-26&to=2026-11-28").await.0, StatusCode::OK);
+    assert_eq!(first.get(Some(&ledger), "/v1/reports/cost?from=2036-11-26&to=2036-11-28").await.0, StatusCode::OK);
     until_status(&second, &ledger, StatusCode::OK).await;
     // A finance token sees finance answers only, and cannot administer.
     assert_eq!(second.get(Some(&ledger), "/v1/violations").await.0, StatusCode::FORBIDDEN);
