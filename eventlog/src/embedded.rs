@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
-use crate::{Ack, AckSource, EventLog, LogError, PendingAck, Position, Record, Subscription, partition_for_key};
+use crate::{Ack, EventLog, LogError, PendingAck, Position, Record, Subscription, partition_for_key};
 
 const DATABASE_FILE: &str = "log.sqlite3";
 const LOCK_FILE: &str = "log.lock";
@@ -175,7 +175,7 @@ impl EmbeddedLog {
             payload: payload.to_vec(),
             ack,
         })?;
-        Ok(PendingAck(AckSource::Embedded(done)))
+        Ok(PendingAck::new(done))
     }
 
     fn enqueue(&self, op: WriteOp) -> Result<(), LogError> {

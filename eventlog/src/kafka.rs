@@ -12,10 +12,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{AckSource, EventLog, LogError, PendingAck, Position, Record, Subscription};
+use crate::producer::GatedProducer;
+use crate::{EventLog, LogError, PendingAck, Position, Record, Subscription};
 
 /// How to reach the Kafka cluster.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -40,6 +40,12 @@ pub struct KafkaConfig {
     /// librdkafka properties for consumers only (for example `session.timeout.ms`).
     #[serde(default)]
     pub consumer_properties: BTreeMap<String, String>,
+    /// Hand records to the idempotent producer one batch at a time: records published
+    /// while a batch is unacknowledged wait for it (see [`crate::producer`]). For a
+    /// service that publishes a record at a time and shares its cores with its request
+    /// path (the gateway); a service that publishes in bursts gains nothing from it.
+    #[serde(skip)]
+    pub one_batch_in_flight: bool,
 }
 
 /// librdkafka properties from a service's configuration file (`[kafka.properties]`,
@@ -86,6 +92,7 @@ impl KafkaConfig {
             properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
+            one_batch_in_flight: false,
         }
     }
 
@@ -102,11 +109,12 @@ impl KafkaConfig {
 /// The Kafka implementation of [`EventLog`].
 ///
 /// The producer is idempotent with `acks=all`, so a retried send never duplicates or
-/// reorders within a partition; publishes are batched by librdkafka (`linger.ms`).
+/// reorders within a partition; publishes are batched by librdkafka (`linger.ms`), and
+/// with [`KafkaConfig::one_batch_in_flight`] handed over one batch at a time.
 #[derive(Clone)]
 pub struct KafkaLog {
     config: Arc<KafkaConfig>,
-    producer: FutureProducer,
+    producer: Arc<GatedProducer>,
     admin: Arc<AdminClient<DefaultClientContext>>,
 }
 
@@ -127,31 +135,26 @@ impl KafkaLog {
             ("message.timeout.ms".to_owned(), "30000".to_owned()),
         ]);
         producer_defaults.extend(config.producer_properties.clone());
-        let producer: FutureProducer = config.client_config(&producer_defaults).create()?;
+        let producer = Arc::new(GatedProducer::create(
+            &config.client_config(&producer_defaults),
+            &producer_defaults,
+            config.one_batch_in_flight,
+        )?);
         let admin: AdminClient<DefaultClientContext> = config.client_config(&BTreeMap::new()).create()?;
         Ok(KafkaLog { config: Arc::new(config), producer, admin: Arc::new(admin) })
-    }
-
-    /// Hands `record` to librdkafka now (`send_result`: no await, so it batches).
-    fn enqueue(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<PendingAck, LogError> {
-        match self.producer.send_result(record) {
-            Ok(delivery) => Ok(PendingAck(AckSource::Kafka(delivery))),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(LogError::QueueFull),
-            Err((error, _)) => Err(LogError::Kafka(error)),
-        }
     }
 
     /// Waits until every enqueued event is acknowledged or `timeout` passes. Blocks the
     /// calling thread: call it from `spawn_blocking` or at shutdown.
     pub fn flush(&self, timeout: Duration) -> Result<(), LogError> {
-        Ok(self.producer.flush(timeout)?)
+        self.producer.flush(timeout)
     }
 }
 
 #[async_trait::async_trait]
 impl EventLog for KafkaLog {
     fn abandon_unacknowledged(&self) {
-        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer.abandon_unacknowledged();
     }
 
     async fn ensure_topic(&self, name: &str, partitions: i32, compacted: bool) -> Result<(), LogError> {
@@ -173,11 +176,11 @@ impl EventLog for KafkaLog {
     }
 
     fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
-        self.enqueue(FutureRecord::to(topic).key(key).payload(payload))
+        self.producer.publish(topic, None, key, payload)
     }
 
     fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
-        self.enqueue(FutureRecord::to(topic).partition(partition).key(key).payload(payload))
+        self.producer.publish(topic, Some(partition), key, payload)
     }
 
     async fn read(&self, topic: &str, partition: i32, from_offset: i64, max: usize) -> Result<Vec<Record>, LogError> {
@@ -244,7 +247,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, LogError> {
-        let producer = self.producer.clone();
+        let producer = Arc::clone(&self.producer);
         let topic = topic.to_owned();
         let timeout = Duration::from_secs(10);
         // Metadata and watermark calls block the calling thread.

@@ -20,6 +20,7 @@
 mod embedded;
 pub mod follow;
 mod kafka;
+mod producer;
 pub mod testing;
 
 use std::future::Future;
@@ -186,19 +187,11 @@ pub async fn publish_and_wait(log: &dyn EventLog, topic: &str, key: &[u8], paylo
 /// Resolves once a published event is durable (or definitely failed).
 #[derive(Debug)]
 #[must_use = "an unawaited ack says nothing about durability"]
-pub struct PendingAck(AckSource);
+pub struct PendingAck(tokio::sync::oneshot::Receiver<Result<Ack, LogError>>);
 
-enum AckSource {
-    Kafka(rdkafka::producer::DeliveryFuture),
-    Embedded(tokio::sync::oneshot::Receiver<Result<Ack, LogError>>),
-}
-
-impl std::fmt::Debug for AckSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AckSource::Kafka(_) => "Kafka",
-            AckSource::Embedded(_) => "Embedded",
-        })
+impl PendingAck {
+    fn new(answer: tokio::sync::oneshot::Receiver<Result<Ack, LogError>>) -> Self {
+        PendingAck(answer)
     }
 }
 
@@ -206,17 +199,7 @@ impl Future for PendingAck {
     type Output = Result<Ack, LogError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            AckSource::Kafka(delivery) => Pin::new(delivery).poll(cx).map(|result| match result {
-                Ok(Ok(delivery)) => Ok(Ack { partition: delivery.partition, offset: delivery.offset }),
-                Ok(Err((error, _message))) => Err(LogError::Kafka(error)),
-                Err(_canceled) => Err(LogError::Closed),
-            }),
-            AckSource::Embedded(receiver) => Pin::new(receiver).poll(cx).map(|result| match result {
-                Ok(outcome) => outcome,
-                Err(_closed) => Err(LogError::Closed),
-            }),
-        }
+        Pin::new(&mut self.0).poll(cx).map(|answer| answer.unwrap_or(Err(LogError::Closed)))
     }
 }
 

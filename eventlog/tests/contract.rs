@@ -30,12 +30,14 @@ impl Harness for Embedded {
 
 struct Kafka {
     brokers: String,
+    one_batch_in_flight: bool,
 }
 
 impl Harness for Kafka {
     fn open(&self) -> Arc<dyn EventLog> {
         let mut config = KafkaConfig::new(&self.brokers);
         config.replication_factor = 1;
+        config.one_batch_in_flight = self.one_batch_in_flight;
         // Small groups in tests: rebalance quickly instead of waiting out Kafka defaults.
         config.consumer_properties.insert("session.timeout.ms".into(), "10000".into());
         config.consumer_properties.insert("heartbeat.interval.ms".into(), "500".into());
@@ -48,7 +50,12 @@ fn embedded() -> Embedded {
 }
 
 fn kafka() -> Kafka {
-    Kafka { brokers: required_env(KAFKA_BROKERS_ENV) }
+    Kafka { brokers: required_env(KAFKA_BROKERS_ENV), one_batch_in_flight: false }
+}
+
+/// As the gateway publishes: one batch in flight at a time.
+fn kafka_one_batch() -> Kafka {
+    Kafka { brokers: required_env(KAFKA_BROKERS_ENV), one_batch_in_flight: true }
 }
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -365,6 +372,7 @@ macro_rules! contract_suite {
 
 contract_suite!(embedded_log, embedded());
 contract_suite!(kafka_log, kafka());
+contract_suite!(kafka_log_one_batch_in_flight, kafka_one_batch());
 
 #[tokio::test]
 async fn embedded_log_refuses_unknown_topics_and_a_second_opener() {
@@ -382,7 +390,7 @@ async fn embedded_log_refuses_unknown_topics_and_a_second_opener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_without_a_broker_fails_in_bounded_time() {
     let broker = tollgate_eventlog::testing::TestBroker::start();
-    let log = Kafka { brokers: broker.address.clone() }.open();
+    let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
     let topic = unique_name("orphan");
     log.ensure_topic(&topic, 1, false).await.unwrap();
     tollgate_eventlog::publish_and_wait(log.as_ref(), &topic, b"k", b"v").await.unwrap();
@@ -400,4 +408,79 @@ async fn a_commit_without_a_broker_fails_in_bounded_time() {
     );
     let second = tokio::time::timeout(Duration::from_secs(1), subscription.commit(&[record.next_position()])).await;
     assert!(matches!(second, Ok(Err(tollgate_eventlog::LogError::CommitPending))), "{second:?}");
+}
+
+/// Records published while earlier ones are unacknowledged wait in front of librdkafka
+/// and follow as the next batch: every one is acknowledged, each key's offsets rise in
+/// publish order, the topic holds exactly what was published, and `flush` returns only
+/// once the waiting records are acknowledged too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_published_behind_a_batch_in_flight_all_arrive_in_order() {
+    let mut config = KafkaConfig::new(required_env(KAFKA_BROKERS_ENV));
+    config.replication_factor = 1;
+    config.one_batch_in_flight = true;
+    // Small requests, so the records waiting split into many batches.
+    config.producer_properties.insert("batch.num.messages".into(), "100".into());
+    let log = KafkaLog::connect(config).unwrap();
+    let topic = unique_name("gate");
+    log.ensure_topic(&topic, 4, false).await.unwrap();
+    let keys = ["alpha", "bravo", "charlie"];
+    let rounds = 2_000;
+    let mut pending = Vec::new();
+    for sequence in 0..rounds {
+        for key in keys {
+            let payload = format!("{key}:{sequence}");
+            pending.push((key, log.publish(&topic, key.as_bytes(), payload.as_bytes()).unwrap()));
+        }
+    }
+    let flusher = log.clone();
+    let flushed = tokio::task::spawn_blocking(move || flusher.flush(Duration::from_secs(60))).await.unwrap();
+    flushed.unwrap();
+    let mut last_offset: HashMap<&str, i64> = HashMap::new();
+    for (key, ack) in pending {
+        // Already acknowledged: flush waited for every record, waiting ones included.
+        let ack = tokio::time::timeout(Duration::from_millis(100), ack).await.expect("flush returned early").unwrap();
+        let previous = last_offset.insert(key, ack.offset);
+        assert!(
+            previous.is_none_or(|previous| previous < ack.offset),
+            "key {key}: offset {} after {previous:?}",
+            ack.offset
+        );
+    }
+    let ends: i64 = log.end_offsets(&topic).await.unwrap().iter().map(|(_, end)| end).sum();
+    assert_eq!(ends, i64::try_from(keys.len() * rounds).unwrap(), "the topic holds exactly what was published");
+}
+
+/// With the broker gone, records waiting behind the stuck batch fail when the
+/// unacknowledged ones are abandoned, as librdkafka's own queued records do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_abandoning_fails_the_records_waiting_behind_a_stuck_batch() {
+    let broker = tollgate_eventlog::testing::TestBroker::start();
+    let mut config = KafkaConfig::new(&broker.address);
+    config.replication_factor = 1;
+    config.producer_properties.insert("message.timeout.ms".into(), "0".into());
+    config.one_batch_in_flight = true;
+    let log = KafkaLog::connect(config).unwrap();
+    let topic = unique_name("stuck");
+    log.ensure_topic(&topic, 1, false).await.unwrap();
+    tollgate_eventlog::publish_and_wait(&log, &topic, b"k", b"before").await.unwrap();
+    drop(broker);
+
+    let pending: Vec<_> =
+        (0..100).map(|n| log.publish(&topic, b"k", format!("after:{n}").as_bytes()).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    log.abandon_unacknowledged();
+    let outcomes = tokio::time::timeout(Duration::from_secs(30), await_all(pending)).await.expect("every ack resolves");
+    assert_eq!(outcomes.len(), 100);
+    assert!(outcomes.iter().all(Result::is_err), "no record was acknowledged without a broker: {outcomes:?}");
+}
+
+async fn await_all(
+    pending: Vec<tollgate_eventlog::PendingAck>,
+) -> Vec<Result<tollgate_eventlog::Ack, tollgate_eventlog::LogError>> {
+    let mut outcomes = Vec::with_capacity(pending.len());
+    for ack in pending {
+        outcomes.push(ack.await);
+    }
+    outcomes
 }

@@ -35,11 +35,13 @@ use crate::quota::{Placement, Receipt};
 /// Sets the Kafka client properties the gateway relies on, keeping any the operator set:
 /// the producer never gives up on an event by itself (`message.timeout.ms=0`, see the
 /// module docs), and quota decisions are fetched without the consumer's default
-/// half-second wait. `linger.ms` stays at the log's default of 5: `scripts/bench-gateway`
-/// measured 25 ms as about 20% more requests per second at saturation but a worse
-/// latency tail at low load (see BENCHMARKS.md); set it in the producer properties to
-/// trade one for the other.
+/// half-second wait. Interactions are handed to the producer one batch at a time
+/// ([`tollgate_eventlog::KafkaConfig::one_batch_in_flight`]): published a request at a
+/// time, they would otherwise keep librdkafka's broker thread spinning while each batch
+/// waits for the broker, on the cores that serve requests. `linger.ms` stays at the
+/// log's default of 5.
 pub fn gateway_kafka_config(kafka: &mut tollgate_eventlog::KafkaConfig) {
+    kafka.one_batch_in_flight = true;
     kafka.producer_properties.entry("message.timeout.ms".to_owned()).or_insert_with(|| "0".to_owned());
     kafka.consumer_properties.entry("fetch.wait.max.ms".to_owned()).or_insert_with(|| "50".to_owned());
 }
