@@ -41,7 +41,7 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub consumer_properties: BTreeMap<String, String>,
     /// Hand records to the idempotent producer one batch at a time: records published
-    /// while a batch is unacknowledged wait for it (see [`crate::producer`]). For a
+    /// while a batch is unacknowledged wait for it (the `producer` module says why). For a
     /// service that publishes a record at a time and shares its cores with its request
     /// path (the gateway); a service that publishes in bursts gains nothing from it.
     #[serde(skip)]
