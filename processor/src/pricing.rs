@@ -74,6 +74,8 @@ pub async fn run(
         let mut priced = PricedCounts::default();
         // The next position of each partition in the batch (a handful of them).
         let mut committed: Vec<Position> = Vec::new();
+        // One pricing time for the batch: the clock is read once, not per record.
+        let priced_at = tollgate_schemas::now_unix_micros();
         for record in &batch {
             match committed.iter_mut().find(|p| p.partition == record.partition && p.topic == record.topic) {
                 Some(position) => position.next_offset = record.offset + 1,
@@ -82,7 +84,7 @@ pub async fn run(
             if record.topic == GOVERNANCE {
                 governance_record(log.as_ref(), &view, &metrics, &group, record, &mut outputs).await?;
             } else {
-                let context = Context { log: log.as_ref(), view: &view, metrics: &metrics, group: &group };
+                let context = Context { log: log.as_ref(), view: &view, metrics: &metrics, group: &group, priced_at };
                 interaction_record(&context, record, &mut outputs, &mut spend, &mut priced).await?;
             }
         }
@@ -142,6 +144,8 @@ struct Context<'a> {
     view: &'a GovernanceView,
     metrics: &'a ProcessorMetrics,
     group: &'a str,
+    /// When the batch was priced, in microseconds since the Unix epoch.
+    priced_at: i64,
 }
 
 async fn interaction_record(
@@ -151,7 +155,7 @@ async fn interaction_record(
     spend: &mut BatchSpend,
     counts: &mut PricedCounts,
 ) -> Result<(), StageError> {
-    let Context { log, view, metrics, group } = *context;
+    let Context { log, view, metrics, group, priced_at } = *context;
     let interaction = match tollgate_schemas::decode::<Interaction>(&record.payload) {
         Ok(interaction) => interaction,
         Err(error) => {
@@ -159,7 +163,7 @@ async fn interaction_record(
             return reject(log, metrics, group, record, outputs, reason, error.to_string()).await;
         }
     };
-    let (mut priced, unpriced) = view.pricer().priced_interaction(interaction, tollgate_schemas::now_unix_micros());
+    let (mut priced, unpriced) = view.pricer().priced_interaction(interaction, priced_at);
     priced.source =
         Some(SourceOffset { topic: record.topic.clone(), partition: record.partition, offset: record.offset });
     counts.count(unpriced);

@@ -90,10 +90,15 @@ impl Outputs {
     }
 
     /// Waits until every output is durable. The first failure is returned.
+    ///
+    /// The acknowledgements are awaited in publish order, one after the other: they
+    /// arrive in about that order, so by the time the first is in most of the others
+    /// are too and each costs one poll (a `join_all` over thousands of them wakes and
+    /// schedules each one through its own queue).
     pub async fn acknowledged(self) -> Result<usize, LogError> {
         let count = self.pending.len();
-        for result in futures::future::join_all(self.pending).await {
-            result?;
+        for pending in self.pending {
+            pending.await?;
         }
         Ok(count)
     }

@@ -27,6 +27,23 @@ fn not_json_is_named() {
 }
 
 #[test]
+fn invalid_utf8_is_not_json_even_in_a_field_nobody_reads() {
+    let mut value = sample_interaction_json();
+    value["added_in_a_later_minor_release"] = serde_json::json!("MARK");
+    let text = value.to_string();
+    let at = text.find("MARK").unwrap();
+    let mut bytes = text.into_bytes();
+    bytes[at] = 0xff;
+    let error = decode::<Interaction>(&bytes).unwrap_err();
+    assert!(matches!(error, DecodeError::NotJson { event: "interaction", .. }), "{error:?}");
+    assert_eq!(error.dead_letter_reason(), DeadLetterReason::NotJson);
+    assert!(error.to_string().contains("not UTF-8"), "{error}");
+    // The same document with the byte restored decodes: the extra field is not the problem.
+    bytes[at] = b'M';
+    assert!(decode::<Interaction>(&bytes).is_ok());
+}
+
+#[test]
 fn truncated_json_is_not_json() {
     let text = sample_interaction_json().to_string();
     let error = decode::<Interaction>(&text.as_bytes()[..text.len() / 2]).unwrap_err();
