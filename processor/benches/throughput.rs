@@ -20,6 +20,9 @@
 //! untimed warm-up first waits for a decision that reflects spend, so that consumer group
 //! joins are not in the figures.
 //!
+//! The runtime has as many worker threads as `tollgate processor` starts with (one per
+//! core but one, at least one) unless `TOLLGATE_BENCH_WORKERS` says otherwise.
+//!
 //! The last line is `events_per_cpu_second=N decision_p99_ms=N`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A benchmark fails by panicking.
@@ -100,7 +103,10 @@ fn main() {
         std::env::var("TOLLGATE_BENCH_THROUGHPUT_BROKER_PID").unwrap_or_default()
     };
     let events = env_or("TOLLGATE_BENCH_EVENTS", 1_000_000);
-    let workers = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    // `tollgate processor`'s default: one worker thread per core but one, at least one
+    // (librdkafka's threads use the spare core). `TOLLGATE_BENCH_WORKERS` overrides it.
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let workers = env_or("TOLLGATE_BENCH_WORKERS", cores.saturating_sub(1).max(1));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
     runtime.block_on(async {
         let budgets = (0..8)
