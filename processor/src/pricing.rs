@@ -193,20 +193,21 @@ impl BatchSpend {
     fn add(&mut self, partition: i32, principal: &Principal, entry: SpendEntry) {
         for (kind, id) in principal.subject_ids() {
             let of_kind = self.updates.entry((partition, kind)).or_default();
-            if !of_kind.contains_key(id) {
-                let update = SubjectUpdate {
-                    schema_version: SCHEMA_VERSION,
-                    subject: Subject::new(kind, id),
-                    org_id: principal.org_id.clone(),
-                    source_topic: INTERACTIONS.to_owned(),
-                    source_partition: partition,
-                    change: SubjectChange::Spend { entries: Vec::new() },
-                };
-                of_kind.insert(id.to_owned(), update);
+            if let Some(update) = of_kind.get_mut(id) {
+                if let SubjectChange::Spend { entries } = &mut update.change {
+                    entries.push(entry);
+                }
+                continue;
             }
-            if let Some(SubjectUpdate { change: SubjectChange::Spend { entries }, .. }) = of_kind.get_mut(id) {
-                entries.push(entry);
-            }
+            let update = SubjectUpdate {
+                schema_version: SCHEMA_VERSION,
+                subject: Subject::new(kind, id),
+                org_id: principal.org_id.clone(),
+                source_topic: INTERACTIONS.to_owned(),
+                source_partition: partition,
+                change: SubjectChange::Spend { entries: vec![entry] },
+            };
+            of_kind.insert(id.to_owned(), update);
         }
     }
 
