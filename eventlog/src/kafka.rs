@@ -211,8 +211,16 @@ impl EventLog for KafkaLog {
                         format!("reading {topic}/{partition} from offset {from_offset} timed out"),
                     )));
                 };
-                let Some(message) = consumer.poll(left) else { continue };
-                let message = message?;
+                let message = match consumer.poll(left) {
+                    None => continue,
+                    Some(Ok(message)) => message,
+                    // librdkafka reconnects by itself; the deadline bounds the wait.
+                    Some(Err(error)) if is_connection_report(&error) => {
+                        tracing::debug!(%error, %topic, partition, "reading through a lost broker connection");
+                        continue;
+                    }
+                    Some(Err(error)) => return Err(error.into()),
+                };
                 records.push(Record {
                     topic: message.topic().to_owned(),
                     partition: message.partition(),
@@ -381,5 +389,34 @@ impl Subscription for KafkaSubscription {
 
     fn generation(&self) -> u64 {
         self.consumer.context().generation.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether `error` is librdkafka reporting the state of its broker connections (lost,
+/// all down) rather than a problem with what is being read. librdkafka reconnects on its
+/// own, so a reader that gets one keeps polling.
+fn is_connection_report(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_reports_are_told_from_read_errors() {
+        for code in [RDKafkaErrorCode::AllBrokersDown, RDKafkaErrorCode::BrokerTransportFailure] {
+            assert!(is_connection_report(&KafkaError::MessageConsumption(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::OffsetOutOfRange,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(!is_connection_report(&KafkaError::MessageConsumption(code)), "{code:?}");
+        }
     }
 }
