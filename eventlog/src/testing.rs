@@ -51,7 +51,6 @@ impl TestBroker {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     #[allow(clippy::panic)]
     pub fn start() -> Self {
-        let tansu = required_env(TANSU_ENV);
         let dir = std::env::temp_dir().join(unique_name("tollgate-broker"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -60,25 +59,57 @@ impl TestBroker {
         if let Err(error) = std::fs::create_dir_all(&dir) {
             panic!("creating {}: {error}", dir.display());
         }
+        let child = Self::spawn(&dir, port);
+        // Dropped (so killed and reaped) if it never comes up.
+        let broker = TestBroker { child, dir, address: format!("127.0.0.1:{port}") };
+        broker.wait_until_listening();
+        broker
+    }
+
+    /// Stops the broker, as a crash does; [`TestBroker::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage, as a restart does, and
+    /// waits until it accepts connections.
+    #[allow(clippy::panic)]
+    pub fn start_again(&mut self) {
+        self.stop();
+        let port = self
+            .address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| panic!("a test broker address without a port: {}", self.address));
+        self.child = Self::spawn(&self.dir, port);
+        self.wait_until_listening();
+    }
+
+    #[allow(clippy::panic)]
+    fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
+        let tansu = required_env(TANSU_ENV);
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("tansu.log")).ok();
-        let child = std::process::Command::new(&tansu)
-            .current_dir(&dir)
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tansu.log")).ok();
+        std::process::Command::new(&tansu)
+            .current_dir(dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(log.map_or_else(std::process::Stdio::null, std::process::Stdio::from))
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|error| panic!("starting {tansu}: {error}"));
-        // Dropped (so killed and reaped) if it never comes up.
-        let broker = TestBroker { child, dir, address: format!("127.0.0.1:{port}") };
+            .unwrap_or_else(|error| panic!("starting {tansu}: {error}"))
+    }
+
+    #[allow(clippy::panic)]
+    fn wait_until_listening(&self) {
         for _ in 0..300 {
-            if std::net::TcpStream::connect(&broker.address).is_ok() {
-                return broker;
+            if std::net::TcpStream::connect(&self.address).is_ok() {
+                return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("the test broker did not listen on {}", broker.address);
+        panic!("the test broker did not listen on {}", self.address);
     }
 }
 

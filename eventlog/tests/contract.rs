@@ -484,3 +484,30 @@ async fn await_all(
     }
     outcomes
 }
+
+/// A read that starts while the broker is down returns everything once the broker is back
+/// within the read's deadline: librdkafka's reports of lost connections do not end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_read_rides_out_a_broker_restart() {
+    let mut broker = tollgate_eventlog::testing::TestBroker::start();
+    let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
+    let topic = unique_name("reread");
+    log.ensure_topic(&topic, 1, false).await.unwrap();
+    let pending: Vec<_> = (0..100).map(|n| log.publish(&topic, b"k", format!("{n}").as_bytes()).unwrap()).collect();
+    for ack in pending {
+        ack.await.unwrap();
+    }
+
+    broker.stop();
+    let restarted = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        broker.start_again();
+        broker
+    });
+    let records = log.read(&topic, 0, 0, 100).await.expect("the read waits out the restart");
+    let _broker = restarted.await.unwrap();
+    let payloads: Vec<String> =
+        records.iter().map(|record| String::from_utf8(record.payload.clone()).unwrap()).collect();
+    let expected: Vec<String> = (0..100).map(|n| n.to_string()).collect();
+    assert_eq!(payloads, expected);
+}
