@@ -93,8 +93,8 @@ impl Outputs {
     ///
     /// The acknowledgements are awaited in publish order, one after the other: they
     /// arrive in about that order, so by the time the first is in most of the others
-    /// are too and each costs one poll (a `join_all` over thousands of them wakes and
-    /// schedules each one through its own queue).
+    /// are too and each costs one poll (a `join_all` over thousands of them wakes each
+    /// one and schedules it through `FuturesUnordered`'s ready queue).
     pub async fn acknowledged(self) -> Result<usize, LogError> {
         let count = self.pending.len();
         for pending in self.pending {
