@@ -116,7 +116,8 @@ struct GatewayArgs {
     /// `pricing/catalog.toml`). Default: the catalog built into this binary.
     #[arg(long, env = "TOLLGATE_PRICE_CATALOG")]
     price_catalog: Option<PathBuf>,
-    /// Async worker threads. Default: one per core but one (at least one).
+    /// Threads serving connections, each with its own event loop, overriding
+    /// `server.threads` (default: one per core).
     #[arg(long, env = "TOLLGATE_GATEWAY_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Check the configuration, print a summary, and exit.
@@ -207,12 +208,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
-    let workers = match &command {
-        Command::Gateway(args) => args.worker_threads,
-        _ => None,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.unwrap_or_else(default_worker_threads))
+        .worker_threads(default_worker_threads())
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -220,9 +217,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// One worker thread per core but one, at least one: the spare core runs librdkafka's
-/// I/O threads and the kernel's network work. On two cores, one worker measured about half
-/// the added latency of two (`scripts/bench-gateway`, see BENCHMARKS.md) at the same
-/// throughput, because requests stop hopping between threads.
+/// I/O threads and the kernel's network work. The gateway serves requests on threads of
+/// its own (`server.threads`, see `tollgate_ingest::serve`); this runtime runs its
+/// background work.
 fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1).max(1))
 }
@@ -369,6 +366,11 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = GatewayConfig::from_toml(&text, &environment)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(threads) = args.worker_threads {
+        let most = tollgate_ingest::config::MAX_THREADS;
+        anyhow::ensure!((1..=most).contains(&threads), "--worker-threads must be between 1 and {most}");
+        config.threads = threads;
     }
     if args.validate {
         println!(

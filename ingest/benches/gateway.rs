@@ -4,12 +4,15 @@
 //! `scripts/bench-gateway` starts the pieces this program expects: a static nginx upstream
 //! that answers a canned chat completion (JSON at `/v1/chat/completions`, an event stream
 //! at `/sse/v1/chat/completions`) and a Kafka-API broker. This program runs the gateway
-//! in-process with as many worker threads as `tollgate gateway` uses by default (one per
-//! core but one; `TOLLGATE_BENCH_WORKERS` overrides), configured with a virtual key, a model allow-list, a
+//! in-process with as many serving threads as `tollgate gateway` uses by default (one per
+//! core; `TOLLGATE_BENCH_WORKERS` overrides) and its background work on a one-worker
+//! runtime, as `tollgate gateway` has on two cores, configured with a virtual key, a model allow-list, a
 //! `max_tokens` cap, request and token rate limits (high enough never to refuse), the PII
 //! guard in redact mode, a hard budget decision in force (so every request pays for its
 //! worst-case reservation), digests of every request and response, and one event per
-//! request published to the real broker. `wrk` is the load generator.
+//! request published to the real broker, with a local spool as `tollgate gateway` has (if
+//! the broker falls behind, events wait there; the run ends once it has drained). `wrk` is
+//! the load generator.
 //!
 //! Runs, interleaved so machine noise hits both sides alike:
 //! - one connection, direct vs gateway, `ROUNDS` rounds each: added p50 and p99;
@@ -26,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_eventlog::{EventLog, KafkaConfig, KafkaLog};
+use tollgate_eventlog::{EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog};
 use tollgate_ingest::app::GatewayState;
 use tollgate_ingest::config::GatewayConfig;
 use tollgate_ingest::keys::hash_secret;
@@ -158,17 +161,18 @@ fn main() {
     let upstream = env("TOLLGATE_BENCH_UPSTREAM");
     let brokers = env("TOLLGATE_TEST_KAFKA_BROKERS");
     let scripts = env("TOLLGATE_BENCH_SCRIPTS");
-    // The gateway's worker threads: as `tollgate gateway` chooses (one per core but one),
-    // or TOLLGATE_BENCH_WORKERS.
-    let default_workers = std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1).max(1));
-    let workers = std::env::var("TOLLGATE_BENCH_WORKERS").ok().and_then(|n| n.parse().ok()).unwrap_or(default_workers);
-    println!("gateway worker threads: {workers}");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
+    // The gateway's serving threads: as `tollgate gateway` chooses (one per core), or
+    // TOLLGATE_BENCH_WORKERS.
+    let default_threads = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let threads = std::env::var("TOLLGATE_BENCH_WORKERS").ok().and_then(|n| n.parse().ok()).unwrap_or(default_threads);
+    println!("gateway serving threads: {threads}");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
 
     let config_text = format!(
         r#"
         [server]
         instance_id = "bench-gateway"
+        threads = {threads}
         [capture]
         mode = "digests"
         [guard]
@@ -207,6 +211,7 @@ fn main() {
     );
     let config = GatewayConfig::from_toml(&config_text, &HashMap::new()).unwrap();
 
+    let spool_dir = tempfile::tempdir().unwrap();
     let (address, state) = runtime.block_on(async {
         let mut kafka = KafkaConfig::new(brokers);
         // Extra librdkafka producer properties for experiments, as `name=value,name=value`.
@@ -219,7 +224,10 @@ fn main() {
         tollgate_ingest::recorder::gateway_kafka_config(&mut kafka);
         let log: Arc<dyn EventLog> = Arc::new(KafkaLog::connect(kafka).unwrap());
         tollgate_eventlog::ensure_topics(log.as_ref(), &tollgate_schemas::topics::ALL).await.unwrap();
-        let recorder = Recorder::start(Arc::clone(&log), None, RecorderConfig::default()).await.unwrap();
+        // A spool, as `tollgate gateway` has with Kafka: if the broker falls behind the
+        // gateway, events wait there instead of being dropped.
+        let spool: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(spool_dir.path())).unwrap());
+        let recorder = Recorder::start(Arc::clone(&log), Some(spool), RecorderConfig::default()).await.unwrap();
         let state = Arc::new(GatewayState::new(config, recorder, PriceCatalog::shipped().unwrap()).unwrap());
         tokio::spawn(tollgate_ingest::quota::follow_forever(
             Arc::clone(&log),
@@ -308,7 +316,7 @@ fn main() {
     );
 
     let saturated_direct = wrk(&direct, &chat, SATURATION_CONNECTIONS, 1, SATURATION_SECONDS);
-    let published_before = state.recorder.stats().published;
+    let recorded_before = state.recorder.stats();
     let broker_pid = std::env::var("TOLLGATE_TEST_BROKER_PID").unwrap_or_default();
     let broker_before = process_cpu_micros(&broker_pid);
     let machine_before = machine_busy_micros();
@@ -343,10 +351,22 @@ fn main() {
         per_request(cpu_after - cpu_before),
     );
     println!(
-        "events: {} published during saturation for {} requests; all acknowledged: {flushed}; totals {stats:?}",
-        stats.published - published_before,
+        "events: {} published and {} spooled during saturation for {} requests; all acknowledged or spooled: {flushed}",
+        stats.published - recorded_before.published,
+        stats.spooled - recorded_before.spooled,
         saturated.requests
     );
+    // Whatever went to the spool reaches the broker before the figures count.
+    let drain_started = std::time::Instant::now();
+    let stats = loop {
+        let stats = state.recorder.stats();
+        if !stats.spooling && stats.drained >= stats.spooled {
+            break stats;
+        }
+        assert!(drain_started.elapsed() < Duration::from_secs(600), "the spool did not drain: {stats:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("spool drained in {:.1} s; totals {stats:?}", drain_started.elapsed().as_secs_f64());
     assert_eq!(stats.dropped, 0);
 
     println!(

@@ -170,6 +170,8 @@ struct RawServer {
     listen: Option<String>,
     /// Largest request body accepted, in bytes; larger bodies get 413. Default 4 MiB.
     max_body_bytes: Option<usize>,
+    /// Threads serving connections, each with its own event loop. Default: one per core.
+    threads: Option<usize>,
     /// Name of this replica in events (`gateway_instance`). Default `gateway`.
     instance_id: Option<String>,
     /// `Host` header values the MCP routes accept (a guard against DNS rebinding), as host
@@ -237,6 +239,9 @@ pub struct McpServerConfig {
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Threads serving connections ([`crate::run`]); each has its own event loop and its
+    /// own upstream connection pools.
+    pub threads: usize,
     pub instance_id: String,
     pub upstreams: BTreeMap<String, Upstream>,
     /// Public model name -> targets in order of preference.
@@ -317,6 +322,14 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// The most serving threads `server.threads` accepts.
+pub const MAX_THREADS: usize = 1024;
+
+/// One serving thread per core.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 impl GatewayConfig {
     /// Parses and validates `text`, reading credentials from `environment`.
     pub fn from_toml(text: &str, environment: &HashMap<String, String>) -> Result<Self, ConfigError> {
@@ -332,6 +345,10 @@ impl GatewayConfig {
         let max_body_bytes = raw.server.max_body_bytes.unwrap_or(4 * 1024 * 1024);
         if max_body_bytes == 0 {
             problems.push("server.max_body_bytes must be greater than zero".to_owned());
+        }
+        let threads = raw.server.threads.unwrap_or_else(default_threads);
+        if !(1..=MAX_THREADS).contains(&threads) {
+            problems.push(format!("server.threads must be between 1 and {MAX_THREADS}"));
         }
 
         let mut upstreams = BTreeMap::new();
@@ -450,6 +467,7 @@ impl GatewayConfig {
         Ok(GatewayConfig {
             listen,
             max_body_bytes,
+            threads,
             instance_id: raw.server.instance_id.unwrap_or_else(|| "gateway".to_owned()),
             upstreams,
             models,

@@ -158,7 +158,7 @@ fn rebuild_routes(directory: &Directory, state: &GatewayState) {
     }
     models.retain(|_, targets| !targets.is_empty());
     let current = state.routes.load();
-    match Upstreams::build(upstreams.values(), &state.config.routing, Some(&current.upstreams)) {
+    match Upstreams::build(upstreams.values(), &state.config.routing, state.config.threads, Some(&current.upstreams)) {
         Ok(built) => state.routes.store(Routes { upstreams: built, models }),
         Err(error) => tracing::warn!(%error, "the upstream clients could not be built; the routes stay as they were"),
     }

@@ -17,7 +17,8 @@
 //! (metering event streams without changing them), [`usage`] (provider usage and the
 //! tokenizer fallback), [`draft`] (one call's facts, recorded once), [`recorder`]
 //! (publishing, spooling, draining), [`quota`] (live budget decisions with in-flight
-//! reservations), [`metrics`] (Prometheus), and [`app`] (the router). [`simulator`] is a provider
+//! reservations), [`metrics`] (Prometheus), [`app`] (the router), and [`serve`] (one event loop per serving
+//! thread). [`simulator`] is a provider
 //! that speaks the OpenAI and Anthropic wire formats, for tests and demos.
 
 pub mod app;
@@ -34,49 +35,11 @@ pub mod proxy;
 pub mod quota;
 pub mod recorder;
 pub mod request;
+pub mod serve;
 pub mod simulator;
 pub mod sse;
 pub mod stream;
 pub mod upstream;
 pub mod usage;
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::net::TcpListener;
-
-use crate::app::{GatewayState, app};
-
-/// How long shutdown waits for the recorder to settle events still in flight.
-const FLUSH_ON_SHUTDOWN: Duration = Duration::from_secs(10);
-
-/// Serves the gateway on `listener` until `shutdown` resolves, then stops taking
-/// connections, lets requests in progress (streams included) finish, and flushes the
-/// recorder.
-pub async fn run(
-    listener: TcpListener,
-    state: Arc<GatewayState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Without TCP_NODELAY, a response written in several pieces (an event stream, an MCP
-    // answer) waits on the client's delayed ACK: about 40 ms per request.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
-    });
-    // Off the async workers, before the first request that counts tokens needs it.
-    tokio::task::spawn_blocking(usage::warm_up);
-    // Every breaker starts closed: this ends any outage window an earlier run of this
-    // instance left open (it stopped during an outage).
-    for upstream in state.routes.load().upstreams.iter() {
-        let reset = proxy::health_event(&state, upstream, tollgate_schemas::BreakerTransition::Reset, 0, None);
-        state.recorder.record_health(&reset);
-    }
-    let served = axum::serve(listener, app(Arc::clone(&state))).with_graceful_shutdown(shutdown).await;
-    if !state.recorder.close(FLUSH_ON_SHUTDOWN).await {
-        tracing::error!("some interactions were not acknowledged before shutdown");
-    }
-    served
-}
+pub use serve::run;

@@ -19,6 +19,7 @@
 //! | `tollgate_gateway_quota_decisions_applied_total` | counter | |
 //! | `tollgate_gateway_quota_decisions_rejected_total` | counter | |
 //! | `tollgate_gateway_circuit_breaker_open` | gauge (0/1) | `upstream` |
+//! | `tollgate_gateway_connections_accepted_total` | counter | `thread` (a serving thread's index, see [`crate::serve`]) |
 
 use std::sync::Arc;
 
@@ -53,6 +54,12 @@ pub struct AttemptLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThreadLabels {
+    /// The serving thread's index, `0..server.threads`.
+    pub thread: String,
+}
+
 /// The instruments handlers update, and the registry `/metrics` encodes.
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -61,6 +68,7 @@ pub struct GatewayMetrics {
     pub duration: Family<RouteLabels, Histogram>,
     pub unauthenticated: Family<RouteLabels, Counter>,
     pub upstream_attempts: Family<AttemptLabels, Counter>,
+    pub connections: Family<ThreadLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -87,8 +95,14 @@ impl GatewayMetrics {
         );
         let upstream_attempts = Family::<AttemptLabels, Counter>::default();
         registry.register("upstream_attempts", "Attempts sent to each upstream, by result", upstream_attempts.clone());
+        let connections = Family::<ThreadLabels, Counter>::default();
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted, by the serving thread that serves them",
+            connections.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { recorder, quota, routes }));
-        GatewayMetrics { registry, requests, duration, unauthenticated, upstream_attempts }
+        GatewayMetrics { registry, requests, duration, unauthenticated, upstream_attempts, connections }
     }
 
     /// The OpenMetrics text of every metric.

@@ -306,7 +306,10 @@ impl Inner {
         }
         self.published.fetch_add(1, Ordering::SeqCst);
         let inner = Arc::clone(self);
-        self.runtime.spawn(async move {
+        // On the caller's runtime (a serving thread's, see `crate::serve`), which outlives
+        // `Recorder::close`; elsewhere on the recorder's.
+        let runtime = tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone());
+        runtime.spawn(async move {
             match pending.await {
                 Ok(ack) => {
                     let _ = receipt.set(Placement::Logged { partition: ack.partition, offset: ack.offset });

@@ -1,7 +1,9 @@
-//! Talking to providers: one pooled HTTP client and one circuit breaker per upstream.
+//! Talking to providers: pooled HTTP clients and one circuit breaker per upstream.
 //!
-//! Each upstream gets its own `reqwest` client (connection pool with HTTP/1.1 keep-alive,
-//! HTTP/2 negotiated by ALPN over TLS) with that upstream's connect timeout. The request
+//! Each upstream gets its own `reqwest` clients (connection pool with HTTP/1.1 keep-alive,
+//! HTTP/2 negotiated by ALPN over TLS) with that upstream's connect timeout: one per
+//! serving thread ([`crate::serve`]), so a request and the upstream connection it uses are
+//! driven by the same event loop. The request
 //! timeout is applied by the caller around the wait for response headers (and, for a
 //! non-streaming call, the body), never around a stream that is already flowing.
 //!
@@ -30,7 +32,8 @@ const FORWARDED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/embeddings", "/
 #[derive(Debug)]
 pub struct UpstreamClient {
     pub config: Upstream,
-    pub client: reqwest::Client,
+    /// One client per serving thread, by [`crate::serve::thread_index`].
+    clients: Vec<reqwest::Client>,
     pub breaker: CircuitBreaker,
     /// `base_url` + path for each forwarded path, parsed at start-up.
     urls: BTreeMap<&'static str, reqwest::Url>,
@@ -71,16 +74,18 @@ impl RouteTable {
 }
 
 impl Upstreams {
-    /// Builds a client per upstream in `config`.
+    /// Builds the clients of every upstream in `config`, one per serving thread.
     pub fn new(config: &GatewayConfig) -> Result<Self, reqwest::Error> {
-        Self::build(config.upstreams.values(), &config.routing, None)
+        Self::build(config.upstreams.values(), &config.routing, config.threads, None)
     }
 
-    /// Builds a client per upstream in `upstreams`. An upstream whose settings are the same
-    /// in `previous` keeps its client (and its pooled connections) and its breaker.
+    /// Builds `threads` clients for each upstream in `upstreams`. An upstream whose settings
+    /// are the same in `previous` keeps its clients (and their pooled connections) and its
+    /// breaker.
     pub fn build<'a>(
         upstreams: impl IntoIterator<Item = &'a Upstream>,
         routing: &RoutingConfig,
+        threads: usize,
         previous: Option<&Upstreams>,
     ) -> Result<Self, reqwest::Error> {
         let mut by_name = BTreeMap::new();
@@ -92,16 +97,7 @@ impl Upstreams {
                 by_name.insert(name.clone(), Arc::clone(kept));
                 continue;
             }
-            let client = reqwest::Client::builder()
-                .connect_timeout(upstream.connect_timeout)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(256)
-                .tcp_nodelay(true)
-                // A provider API does not redirect; following one could carry the
-                // gateway's credential elsewhere.
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-                .build()?;
+            let clients = (0..threads.max(1)).map(|_| client(upstream)).collect::<Result<_, _>>()?;
             let breaker = CircuitBreaker::new(routing.breaker_failure_threshold, routing.breaker_cool_down);
             let urls = FORWARDED_PATHS
                 .into_iter()
@@ -109,7 +105,7 @@ impl Upstreams {
                     reqwest::Url::parse(&format!("{}{path}", upstream.base_url)).ok().map(|url| (path, url))
                 })
                 .collect();
-            by_name.insert(name.clone(), Arc::new(UpstreamClient { config: upstream.clone(), client, breaker, urls }));
+            by_name.insert(name.clone(), Arc::new(UpstreamClient { config: upstream.clone(), clients, breaker, urls }));
         }
         Ok(Upstreams { by_name })
     }
@@ -123,7 +119,30 @@ impl Upstreams {
     }
 }
 
+/// A pooled client for `upstream`.
+fn client(upstream: &Upstream) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(upstream.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        // A provider API does not redirect; following one could carry the gateway's
+        // credential elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl UpstreamClient {
+    /// The calling serving thread's client. Its connections are driven by that thread's
+    /// event loop; a thread that does not serve (a test's, a background task's) gets the
+    /// first.
+    fn client(&self) -> &reqwest::Client {
+        let index = crate::serve::thread_index() % self.clients.len().max(1);
+        // `build` makes at least one client.
+        &self.clients[index]
+    }
+
     /// A POST of `body` to `path` (for example `/v1/chat/completions`) with the gateway's
     /// credential and the client headers this provider needs.
     pub fn post(
@@ -138,7 +157,7 @@ impl UpstreamClient {
             None => match reqwest::Url::parse(&format!("{}{path}", self.config.base_url)) {
                 Ok(url) => url,
                 // The base URL was checked at start-up; keep the error for reqwest to report.
-                Err(_) => return self.client.post(format!("{}{path}", self.config.base_url)),
+                Err(_) => return self.client().post(format!("{}{path}", self.config.base_url)),
             },
         };
         let mut headers = HeaderMap::new();
@@ -173,7 +192,7 @@ impl UpstreamClient {
         if let Some(state) = client_headers.get("tracestate") {
             headers.insert("tracestate", state.clone());
         }
-        self.client.post(url).headers(headers).body(body)
+        self.client().post(url).headers(headers).body(body)
     }
 }
 

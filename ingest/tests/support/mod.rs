@@ -133,12 +133,23 @@ impl TestGateway {
         log: Option<Arc<dyn EventLog>>,
         spool: Option<(Arc<dyn EventLog>, RecorderConfig)>,
     ) -> Self {
+        Self::start_configured(extra, log, spool, |_| {}).await
+    }
+
+    /// [`TestGateway::start_with`], with `edit` applied to the parsed configuration.
+    pub async fn start_configured(
+        extra: &str,
+        log: Option<Arc<dyn EventLog>>,
+        spool: Option<(Arc<dyn EventLog>, RecorderConfig)>,
+        edit: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (primary_address, primary) = simulator().await;
         let (backup_address, backup) = simulator().await;
         let instance = tollgate_eventlog::testing::unique_name("gateway-test");
         let text = config_text(&instance, primary_address, backup_address, extra);
-        let config = GatewayConfig::from_toml(&text, &HashMap::new()).unwrap_or_else(|error| panic!("{error}"));
+        let mut config = GatewayConfig::from_toml(&text, &HashMap::new()).unwrap_or_else(|error| panic!("{error}"));
+        edit(&mut config);
         let log = match log {
             Some(log) => log,
             None => Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path().join("log"))).unwrap()),
