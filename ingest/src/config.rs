@@ -604,10 +604,21 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.threads, std::thread::available_parallelism().unwrap().get(), "one serving thread per core");
         let upstream = &config.upstreams["primary"];
         assert_eq!((upstream.base_url.as_str(), upstream.provider.as_str()), ("http://127.0.0.1:9000", "openai"));
         assert_eq!(upstream.api_key.as_deref(), Some("sk-live"));
         assert_eq!(config.models["gpt-4o"][1], Target { upstream: "primary".into(), model: "gpt-4o-mini".into() });
+    }
+
+    #[test]
+    fn serving_threads_are_bounded() {
+        assert_eq!(GatewayConfig::from_toml("[server]\nthreads = 3\n", &environment()).unwrap().threads, 3);
+        for threads in [0, MAX_THREADS + 1] {
+            let error = GatewayConfig::from_toml(&format!("[server]\nthreads = {threads}\n"), &environment())
+                .unwrap_err();
+            assert!(error.to_string().contains("server.threads must be between 1 and 1024"), "{error}");
+        }
     }
 
     #[test]
