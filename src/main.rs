@@ -374,12 +374,13 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     }
     if args.validate {
         println!(
-            "{}: valid; {} upstreams, {} models, {} keys, listening on {}",
+            "{}: valid; {} upstreams, {} models, {} keys, listening on {} with {} serving threads",
             args.config.display(),
             config.upstreams.len(),
             config.models.len(),
             config.keys.len(),
-            config.listen
+            config.listen,
+            config.threads
         );
         return Ok(());
     }

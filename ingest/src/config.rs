@@ -615,8 +615,8 @@ mod tests {
     fn serving_threads_are_bounded() {
         assert_eq!(GatewayConfig::from_toml("[server]\nthreads = 3\n", &environment()).unwrap().threads, 3);
         for threads in [0, MAX_THREADS + 1] {
-            let error = GatewayConfig::from_toml(&format!("[server]\nthreads = {threads}\n"), &environment())
-                .unwrap_err();
+            let error =
+                GatewayConfig::from_toml(&format!("[server]\nthreads = {threads}\n"), &environment()).unwrap_err();
             assert!(error.to_string().contains("server.threads must be between 1 and 1024"), "{error}");
         }
     }
