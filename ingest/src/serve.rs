@@ -114,15 +114,29 @@ pub async fn run(
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "TCP_NODELAY not set");
                     }
-                    let (handoff, counter) = &handoffs[next % count];
-                    next += 1;
-                    match stream.into_std() {
-                        Ok(stream) => {
-                            counter.inc();
-                            // A thread that is gone has reported why through `finished`.
-                            let _ = handoff.send((stream, address));
+                    let mut connection = match stream.into_std() {
+                        Ok(stream) => Some((stream, address)),
+                        Err(error) => {
+                            tracing::warn!(%error, "an accepted connection could not be handed over");
+                            None
                         }
-                        Err(error) => tracing::warn!(%error, "an accepted connection could not be handed over"),
+                    };
+                    // To the next thread in turn; past one that is gone (it panicked), to
+                    // the one after.
+                    for _ in 0..count {
+                        let Some(handoff) = connection.take() else { break };
+                        let (thread, accepted) = &handoffs[next % count];
+                        next += 1;
+                        match thread.send(handoff) {
+                            Ok(()) => {
+                                accepted.inc();
+                            }
+                            Err(mpsc::error::SendError(returned)) => connection = Some(returned),
+                        }
+                    }
+                    if connection.is_some() {
+                        tracing::error!("no serving thread is left; stopping the gateway");
+                        break;
                     }
                 }
                 // The connection went away before it was accepted.
