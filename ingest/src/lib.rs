@@ -17,9 +17,9 @@
 //! (metering event streams without changing them), [`usage`] (provider usage and the
 //! tokenizer fallback), [`draft`] (one call's facts, recorded once), [`recorder`]
 //! (publishing, spooling, draining), [`quota`] (live budget decisions with in-flight
-//! reservations), [`metrics`] (Prometheus), [`app`] (the router), and [`serve`] (one event loop per serving
-//! thread). [`simulator`] is a provider
-//! that speaks the OpenAI and Anthropic wire formats, for tests and demos.
+//! reservations), [`metrics`] (Prometheus), [`app`] (the router), and [`serve`] (one
+//! event loop per serving thread). [`simulator`] is a provider that speaks the OpenAI and
+//! Anthropic wire formats, for tests and demos.
 
 pub mod app;
 pub mod breaker;

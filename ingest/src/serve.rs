@@ -83,6 +83,8 @@ pub async fn run(
             THREAD_INDEX.with(|cell| cell.set(index));
             runtime.block_on(async move {
                 let _ = served.send(serve_thread(connections, router, stopping).await);
+                // So `finished` ends once every thread has reported or died, even while
+                // the others wait below.
                 drop(served);
                 // Until the recorder is flushed: this runtime drives the tasks that follow
                 // the acknowledgements of the events its requests recorded.
