@@ -10,6 +10,17 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# One line naming the machine a benchmark ran on. Figures of CPU-bound benchmarks differ
+# between hosts of the same size by up to two times, so the CPU model goes with them.
+describe_machine() {
+    local cpu
+    cpu=$(lscpu 2>/dev/null | awk -F: '
+        /^Model name/ { name = $2 } /^CPU family/ { family = $2 } /^Model:/ { model = $2 }
+        END { gsub(/^ +/, "", name); gsub(/ /, "", family); gsub(/ /, "", model);
+              printf "%s (family %s, model %s)", name, family, model }')
+    echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, ${cpu:-CPU unknown}; $(date -u +%Y-%m-%d)"
+}
+
 install_debian_packages() {
     local missing=()
     command -v clickhouse-server >/dev/null || missing+=(clickhouse-server clickhouse-client)
