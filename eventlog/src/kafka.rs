@@ -320,7 +320,17 @@ impl std::fmt::Debug for KafkaSubscription {
 #[async_trait::async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Result<Record, LogError> {
-        let message = self.consumer.recv().await?;
+        let message = loop {
+            match self.consumer.recv().await {
+                Ok(message) => break message,
+                // librdkafka reconnects by itself and the member keeps its partitions
+                // through a short outage: ending here would make every caller rejoin.
+                Err(error) if is_connection_report(&error) => {
+                    tracing::debug!(%error, "reading through a lost broker connection");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
         Ok(Record {
             topic: message.topic().to_owned(),
             partition: message.partition(),

@@ -511,3 +511,37 @@ async fn kafka_a_read_rides_out_a_broker_restart() {
     let expected: Vec<String> = (0..100).map(|n| n.to_string()).collect();
     assert_eq!(payloads, expected);
 }
+
+/// A member reading while the broker restarts carries on with the next record once the
+/// broker is back: librdkafka's reports of lost connections are not read errors, and the
+/// group member does not have to be started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_subscription_rides_out_a_broker_restart() {
+    let mut broker = tollgate_eventlog::testing::TestBroker::start();
+    let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
+    let topic = unique_name("follow");
+    log.ensure_topic(&topic, 1, false).await.unwrap();
+    tollgate_eventlog::publish_and_wait(log.as_ref(), &topic, b"k", b"before").await.unwrap();
+    let mut subscription = log.subscribe(&unique_name("group"), &[&topic]).await.unwrap();
+    assert_eq!(read_exactly(subscription.as_mut(), 1).await[0].payload, b"before");
+
+    broker.stop();
+    let restarted = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        broker.start_again();
+        broker
+    });
+    let publisher = Arc::clone(&log);
+    let published = {
+        let topic = topic.clone();
+        tokio::spawn(
+            async move { tollgate_eventlog::publish_and_wait(publisher.as_ref(), &topic, b"k", b"after").await },
+        )
+    };
+    // `next_within` fails the test on any error from `next`.
+    let record = next_within(subscription.as_mut(), WAIT).await.expect("the record published after the restart");
+    assert_eq!(record.payload, b"after");
+    assert_eq!(record.offset, 1);
+    published.await.unwrap().unwrap();
+    let _broker = restarted.await.unwrap();
+}
