@@ -485,11 +485,24 @@ async fn await_all(
     outcomes
 }
 
+/// Stops `broker` now and starts it again after `down`, on a blocking thread.
+fn restart_in(
+    mut broker: tollgate_eventlog::testing::TestBroker,
+    down: Duration,
+) -> tokio::task::JoinHandle<tollgate_eventlog::testing::TestBroker> {
+    broker.stop();
+    tokio::task::spawn_blocking(move || {
+        std::thread::sleep(down);
+        broker.start_again();
+        broker
+    })
+}
+
 /// A read that starts while the broker is down returns everything once the broker is back
 /// within the read's deadline: librdkafka's reports of lost connections do not end it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_read_rides_out_a_broker_restart() {
-    let mut broker = tollgate_eventlog::testing::TestBroker::start();
+    let broker = tollgate_eventlog::testing::TestBroker::start();
     let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
     let topic = unique_name("reread");
     log.ensure_topic(&topic, 1, false).await.unwrap();
@@ -498,12 +511,7 @@ async fn kafka_a_read_rides_out_a_broker_restart() {
         ack.await.unwrap();
     }
 
-    broker.stop();
-    let restarted = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_secs(3));
-        broker.start_again();
-        broker
-    });
+    let restarted = restart_in(broker, Duration::from_secs(3));
     let records = log.read(&topic, 0, 0, 100).await.expect("the read waits out the restart");
     let _broker = restarted.await.unwrap();
     let payloads: Vec<String> =
@@ -517,7 +525,7 @@ async fn kafka_a_read_rides_out_a_broker_restart() {
 /// group member does not have to be started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_subscription_rides_out_a_broker_restart() {
-    let mut broker = tollgate_eventlog::testing::TestBroker::start();
+    let broker = tollgate_eventlog::testing::TestBroker::start();
     let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
     let topic = unique_name("follow");
     log.ensure_topic(&topic, 1, false).await.unwrap();
@@ -525,12 +533,7 @@ async fn kafka_a_subscription_rides_out_a_broker_restart() {
     let mut subscription = log.subscribe(&unique_name("group"), &[&topic]).await.unwrap();
     assert_eq!(read_exactly(subscription.as_mut(), 1).await[0].payload, b"before");
 
-    broker.stop();
-    let restarted = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_secs(3));
-        broker.start_again();
-        broker
-    });
+    let restarted = restart_in(broker, Duration::from_secs(3));
     let publisher = Arc::clone(&log);
     let published = {
         let topic = topic.clone();
