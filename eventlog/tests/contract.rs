@@ -384,13 +384,19 @@ async fn embedded_log_refuses_unknown_topics_and_a_second_opener() {
     assert!(matches!(second, Err(tollgate_eventlog::LogError::Locked { .. })), "{second:?}");
 }
 
+/// A broker of the test's own (so it can be stopped) and a log on it.
+fn own_broker() -> (tollgate_eventlog::testing::TestBroker, Arc<dyn EventLog>) {
+    let broker = tollgate_eventlog::testing::TestBroker::start();
+    let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
+    (broker, log)
+}
+
 /// With the broker gone, a commit fails within a bounded time instead of waiting for a
 /// coordinator forever, a second one says the first is still unanswered, and the runtime
 /// (whose shutdown waits for its blocking threads) still ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_without_a_broker_fails_in_bounded_time() {
-    let broker = tollgate_eventlog::testing::TestBroker::start();
-    let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
+    let (broker, log) = own_broker();
     let topic = unique_name("orphan");
     log.ensure_topic(&topic, 1, false).await.unwrap();
     tollgate_eventlog::publish_and_wait(log.as_ref(), &topic, b"k", b"v").await.unwrap();
@@ -502,8 +508,7 @@ fn restart_in(
 /// within the read's deadline: librdkafka's reports of lost connections do not end it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_read_rides_out_a_broker_restart() {
-    let broker = tollgate_eventlog::testing::TestBroker::start();
-    let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
+    let (broker, log) = own_broker();
     let topic = unique_name("reread");
     log.ensure_topic(&topic, 1, false).await.unwrap();
     let pending: Vec<_> = (0..100).map(|n| log.publish(&topic, b"k", format!("{n}").as_bytes()).unwrap()).collect();
@@ -525,8 +530,7 @@ async fn kafka_a_read_rides_out_a_broker_restart() {
 /// group member does not have to be started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_subscription_rides_out_a_broker_restart() {
-    let broker = tollgate_eventlog::testing::TestBroker::start();
-    let log = Kafka { brokers: broker.address.clone(), one_batch_in_flight: false }.open();
+    let (broker, log) = own_broker();
     let topic = unique_name("follow");
     log.ensure_topic(&topic, 1, false).await.unwrap();
     tollgate_eventlog::publish_and_wait(log.as_ref(), &topic, b"k", b"before").await.unwrap();
