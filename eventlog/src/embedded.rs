@@ -381,10 +381,7 @@ impl EventLog for EmbeddedLog {
     fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
         let info = self.topic(topic)?;
         if !(0..info.partitions).contains(&partition) {
-            return Err(LogError::Config(format!(
-                "topic `{topic}` has {} partitions; there is no partition {partition}",
-                info.partitions
-            )));
+            return Err(LogError::UnknownPartition { topic: topic.to_owned(), partition });
         }
         self.append(info, partition, key, payload)
     }

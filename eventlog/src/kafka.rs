@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -161,7 +162,7 @@ impl EventLog for KafkaLog {
         let cleanup_policy = if compacted { "compact" } else { "delete" };
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(self.config.replication_factor))
             .set("cleanup.policy", cleanup_policy);
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let options = AdminOptions::new().operation_timeout(Some(TOPIC_CREATION_TIMEOUT));
         let results = self.admin.create_topics([&topic], &options).await?;
         for result in results {
             match result {
@@ -172,6 +173,30 @@ impl EventLog for KafkaLog {
                 }
             }
         }
+        // The producer looks the topic up now, so that its first records neither wait
+        // for the lookup nor, for a partition the topic does not have, fail only later.
+        // A broker can answer a creation before its metadata shows the topic.
+        let lookup = || {
+            let producer = Arc::clone(&self.producer);
+            let name = name.to_owned();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    described_partitions(producer.client(), &name, Duration::from_secs(5))?
+                        .ok_or(LogError::UnknownTopic(name))
+                })
+                .await
+                .map_err(|join_error| LogError::Io(std::io::Error::other(join_error)))?
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(500))
+            .without_max_times()
+            .with_total_delay(Some(TOPIC_CREATION_TIMEOUT));
+        lookup
+            .retry(backoff)
+            .notify(|error, pause| tracing::debug!(%error, topic = name, ?pause, "looking up a topic just created"))
+            .await?;
         Ok(())
     }
 
@@ -180,6 +205,10 @@ impl EventLog for KafkaLog {
     }
 
     fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+        // To librdkafka a negative partition means "let the partitioner choose".
+        if partition < 0 {
+            return Err(LogError::UnknownPartition { topic: topic.to_owned(), partition });
+        }
         self.producer.publish(topic, Some(partition), key, payload)
     }
 
@@ -261,17 +290,13 @@ impl EventLog for KafkaLog {
         // Metadata and watermark calls block the calling thread.
         tokio::task::spawn_blocking(move || {
             let client = producer.client();
-            let metadata = client.fetch_metadata(Some(&topic), timeout)?;
-            let Some(topic_metadata) = metadata.topics().iter().find(|candidate| candidate.name() == topic) else {
+            let Some(partitions) = described_partitions(client, &topic, timeout)? else {
                 return Err(LogError::UnknownTopic(topic));
             };
-            if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
-                return Err(LogError::UnknownTopic(topic));
-            }
             let mut ends = Vec::new();
-            for partition in topic_metadata.partitions() {
-                let (_low, high) = client.fetch_watermarks(&topic, partition.id(), timeout)?;
-                ends.push((partition.id(), high));
+            for partition in partitions {
+                let (_low, high) = client.fetch_watermarks(&topic, partition, timeout)?;
+                ends.push((partition, high));
             }
             ends.sort_unstable();
             Ok(ends)
@@ -279,6 +304,28 @@ impl EventLog for KafkaLog {
         .await
         .map_err(|join_error| LogError::Io(std::io::Error::other(join_error)))?
     }
+}
+
+/// How long creating a topic, and seeing it in the cluster's metadata, may take.
+const TOPIC_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The partitions of `topic` in the cluster's metadata as `client` fetches it, or `None`
+/// while the topic is not there (or has no partitions yet). Fetching also refreshes the
+/// client's cache of the topic, which its producer checks each record's partition
+/// against. Blocks the calling thread.
+fn described_partitions<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<i32>>, LogError> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let Some(described) = metadata.topics().iter().find(|candidate| candidate.name() == topic) else {
+        return Ok(None);
+    };
+    if described.error().is_some() || described.partitions().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(described.partitions().iter().map(|partition| partition.id()).collect()))
 }
 
 /// Counts the rebalances a group member goes through, for [`Subscription::generation`].

@@ -71,6 +71,8 @@ pub struct Ack {
 pub enum LogError {
     #[error("topic `{0}` does not exist; services create their topics at start-up")]
     UnknownTopic(String),
+    #[error("topic `{topic}` has no partition {partition}")]
+    UnknownPartition { topic: String, partition: i32 },
     #[error("the local publish queue is full; retry after the queued events are acknowledged")]
     QueueFull,
     #[error("kafka: {0}")]
@@ -110,7 +112,10 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// Like [`EventLog::publish`], into the given partition instead of the key's. For
     /// per-partition side logs (the processor's checkpoints sit in the partition of the
-    /// input partition they describe). An out-of-range partition is an error.
+    /// input partition they describe). A partition the topic does not have fails with
+    /// [`LogError::UnknownPartition`], either here or through the returned
+    /// [`PendingAck`] (on Kafka, when the producer has not looked the topic up yet or the
+    /// event waits behind a batch in flight); the events published after it go on.
     fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError>;
 
     /// Up to `max` records of one partition from `from_offset` on, in offset order,

@@ -120,7 +120,7 @@ impl Gate {
                 }
                 if let Err((error, record)) = producer.send(record) {
                     refused += 1;
-                    let _ = record.delivery_opaque.send(Err(refusal(error)));
+                    let _ = record.delivery_opaque.send(Err(refusal(error, &held.topic, held.partition)));
                 }
             }
             if refused == 0 {
@@ -137,10 +137,16 @@ fn record_size(key: &[u8], payload: &[u8]) -> usize {
     key.len() + payload.len() + 64
 }
 
-fn refusal(error: KafkaError) -> LogError {
-    match error {
-        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => LogError::QueueFull,
-        other => LogError::Kafka(other),
+/// The [`LogError`] for librdkafka's refusal or failure of a record for `topic` (and
+/// `partition`, when one was asked for).
+fn refusal(error: KafkaError, topic: &str, partition: Option<i32>) -> LogError {
+    match (error.rdkafka_error_code(), partition) {
+        (Some(RDKafkaErrorCode::QueueFull), _) => LogError::QueueFull,
+        (Some(RDKafkaErrorCode::UnknownPartition), Some(partition)) => {
+            LogError::UnknownPartition { topic: topic.to_owned(), partition }
+        }
+        (Some(RDKafkaErrorCode::UnknownTopic), _) => LogError::UnknownTopic(topic.to_owned()),
+        _ => LogError::Kafka(error),
     }
 }
 
@@ -158,15 +164,21 @@ impl ProducerContext for GateContext {
     fn delivery(&self, result: &DeliveryResult<'_>, reply: Box<Reply>) {
         let outcome = match result {
             Ok(message) => Ok(Ack { partition: message.partition(), offset: message.offset() }),
-            Err((error, _message)) => Err(LogError::Kafka(error.clone())),
+            Err((error, message)) => {
+                let partition = (message.partition() >= 0).then(|| message.partition());
+                Err(refusal(error.clone(), message.topic(), partition))
+            }
         };
-        // The publisher may have stopped waiting; the outcome is then nobody's concern.
-        let _ = reply.send(outcome);
+        // Counted before the publisher hears of it: a record it publishes on hearing goes
+        // straight to librdkafka (and is refused at once if it must be), instead of
+        // waiting behind the one just reported.
         let release = {
             let mut state = self.gate.lock();
             state.outstanding = state.outstanding.saturating_sub(1);
             state.outstanding == 0 && !state.held.is_empty()
         };
+        // The publisher may have stopped waiting; the outcome is then nobody's concern.
+        let _ = reply.send(outcome);
         if release && let Some(producer) = self.gate.producer.get().and_then(Weak::upgrade) {
             self.gate.release(&producer);
         }
@@ -264,7 +276,7 @@ impl GatedProducer {
             Ok(()) => Ok(PendingAck::new(answer)),
             Err((error, _record)) => {
                 state.outstanding -= 1;
-                Err(refusal(error))
+                Err(refusal(error, topic, partition))
             }
         }
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_eventlog::testing::{KAFKA_BROKERS_ENV, required_env, unique_name};
 use tollgate_eventlog::{
-    EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog, Position, Record, Subscription,
+    Ack, EmbeddedLog, EmbeddedLogConfig, EventLog, KafkaConfig, KafkaLog, LogError, PendingAck, Position, Record,
+    Subscription,
 };
 
 /// Opens a log, and opens it again after the previous handle was dropped ("restart").
@@ -285,7 +286,12 @@ async fn partitions_are_written_and_read_directly(harness: &dyn Harness) {
         let ack = log.publish_to(&topic, 2, b"any-key", format!("p2-{sequence}").as_bytes()).unwrap().await.unwrap();
         assert_eq!((ack.partition, ack.offset), (2, sequence), "the partition asked for, in order");
     }
-    assert!(log.publish_to(&topic, 3, b"k", b"v").is_err(), "there is no partition 3");
+    // The producer knows the topic's partitions and nothing is in flight: refused at once.
+    let refused = log.publish_to(&topic, 3, b"k", b"v");
+    assert!(
+        matches!(&refused, Err(LogError::UnknownPartition { partition: 3, .. })),
+        "there is no partition 3: {refused:?}"
+    );
 
     let payloads = |records: &[Record]| -> Vec<(i64, String)> {
         records.iter().map(|r| (r.offset, String::from_utf8(r.payload.clone()).unwrap())).collect()
@@ -297,6 +303,79 @@ async fn partitions_are_written_and_read_directly(harness: &dyn Harness) {
     assert_eq!(payloads(&tail), [(8, "p2-8".to_owned()), (9, "p2-9".to_owned())], "fewer when the partition ends");
     assert!(log.read(&topic, 2, 10, 5).await.unwrap().is_empty(), "nothing past the end");
     assert!(log.read(&topic, 0, 0, 5).await.unwrap().is_empty(), "an empty partition");
+}
+
+/// Asserts that a record for `partition`, which `topic` does not have, failed with
+/// [`LogError::UnknownPartition`]: when published, or through its ack.
+async fn fails_as_unknown_partition(published: Result<PendingAck, LogError>, topic: &str, partition: i32) {
+    let error = match published {
+        Err(error) => error,
+        Ok(ack) => tokio::time::timeout(WAIT, ack)
+            .await
+            .expect("the ack of a record for a partition that does not exist resolves")
+            .expect_err("a record for a partition that does not exist was acknowledged"),
+    };
+    assert!(
+        matches!(&error, LogError::UnknownPartition { topic: named, partition: number }
+            if named == topic && *number == partition),
+        "a record for {topic}/{partition}: {error:?}"
+    );
+}
+
+async fn acknowledged_within(ack: PendingAck) -> Ack {
+    tokio::time::timeout(WAIT, ack).await.expect("the ack resolves").unwrap()
+}
+
+/// Right after the topic is created, and from a log that has not looked the topic up
+/// yet, a record for a partition the topic lacks fails and the next record is stored.
+async fn an_unknown_partition_fails_right_after_ensure_topic(harness: &dyn Harness) {
+    let topic = unique_name("fresh");
+    let log = harness.open();
+    log.ensure_topic(&topic, 2, false).await.unwrap();
+    let refused = log.publish_to(&topic, 2, b"k", b"nowhere");
+    let after = log.publish_to(&topic, 1, b"k", b"after").unwrap();
+    fails_as_unknown_partition(refused, &topic, 2).await;
+    let ack = acknowledged_within(after).await;
+    assert_eq!((ack.partition, ack.offset), (1, 0));
+    fails_as_unknown_partition(log.publish_to(&topic, -1, b"k", b"nowhere"), &topic, -1).await;
+    drop(log);
+
+    let reopened = harness.open();
+    let refused = reopened.publish_to(&topic, 5, b"k", b"nowhere");
+    let after = reopened.publish_to(&topic, 0, b"k", b"after").unwrap();
+    fails_as_unknown_partition(refused, &topic, 5).await;
+    let ack = acknowledged_within(after).await;
+    assert_eq!((ack.partition, ack.offset), (0, 0));
+    let stored: Vec<i64> = reopened.end_offsets(&topic).await.unwrap().into_iter().map(|(_, end)| end).collect();
+    assert_eq!(stored, [1, 1], "one record in each partition, nothing else");
+}
+
+/// A record for a partition the topic lacks, published while earlier records are
+/// unacknowledged, fails without holding up the records published after it: every one
+/// of those is stored, in order.
+async fn an_unknown_partition_fails_while_a_batch_is_in_flight(harness: &dyn Harness) {
+    let topic = unique_name("inflight");
+    let log = harness.open();
+    log.ensure_topic(&topic, 2, false).await.unwrap();
+    let before: Vec<_> =
+        (0..200).map(|n| log.publish_to(&topic, 0, b"k", format!("before-{n}").as_bytes()).unwrap()).collect();
+    let refused = log.publish_to(&topic, 7, b"k", b"nowhere");
+    let after: Vec<_> =
+        (0..200).map(|n| log.publish_to(&topic, 0, b"k", format!("after-{n}").as_bytes()).unwrap()).collect();
+    fails_as_unknown_partition(refused, &topic, 7).await;
+    let mut offsets = Vec::new();
+    for ack in before.into_iter().chain(after) {
+        let ack = acknowledged_within(ack).await;
+        assert_eq!(ack.partition, 0);
+        offsets.push(ack.offset);
+    }
+    assert_eq!(offsets, (0..400).collect::<Vec<_>>(), "every record after the refused one, in order");
+    let stored = log.read(&topic, 0, 0, 1_000).await.unwrap();
+    let payloads: Vec<String> =
+        stored.iter().map(|record| String::from_utf8(record.payload.clone()).unwrap()).collect();
+    let expected: Vec<String> =
+        (0..200).map(|n| format!("before-{n}")).chain((0..200).map(|n| format!("after-{n}"))).collect();
+    assert_eq!(payloads, expected);
 }
 
 async fn a_member_seeks_and_notices_rebalances(harness: &dyn Harness) {
@@ -360,6 +439,16 @@ macro_rules! contract_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn partitions_are_written_and_read_directly() {
                 super::partitions_are_written_and_read_directly(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_unknown_partition_fails_right_after_ensure_topic() {
+                super::an_unknown_partition_fails_right_after_ensure_topic(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_unknown_partition_fails_while_a_batch_is_in_flight() {
+                super::an_unknown_partition_fails_while_a_batch_is_in_flight(&$harness).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
