@@ -34,7 +34,7 @@ use crate::draft::{Draft, Ending, ResponseTap, trace_context};
 use crate::error::{ApiError, Dialect, ErrorClass};
 use crate::metrics::{AttemptLabels, RequestLabels, RouteLabels};
 use crate::policy::{PiiMode, guard_prompt};
-use crate::request::{parse_chat_completion, parse_embeddings, parse_messages};
+use crate::request::{named_model, parse_chat_completion, parse_embeddings, parse_messages};
 use crate::stream::MeteredStream;
 use crate::upstream::{Routes, UpstreamClient, is_passed_back};
 use crate::usage;
@@ -186,7 +186,10 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
 
     let mut parsed = match endpoint.parse(&bytes) {
         Ok(parsed) => parsed,
-        Err(error) => return refuse(draft, dialect, error, OutcomeStatus::InvalidRequest),
+        Err(error) => {
+            draft.request_model = named_model(&bytes).unwrap_or_default();
+            return refuse(draft, dialect, error, OutcomeStatus::InvalidRequest);
+        }
     };
     draft.request_model = parsed.model.clone();
     draft.streaming = parsed.stream;

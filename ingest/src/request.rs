@@ -6,6 +6,7 @@
 //! breaks becomes an [`ApiError`] naming the parameter, in the words the provider would use;
 //! nothing here panics, whatever the bytes.
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ErrorClass};
@@ -100,6 +101,51 @@ pub fn parse_messages(bytes: &[u8]) -> Result<MessagesRequest, ApiError> {
     };
     let stream = optional_bool(&body, "stream")?.unwrap_or(false);
     Ok(MessagesRequest { body, model, stream, max_tokens })
+}
+
+/// The model a body names, whether or not the body is valid: the string value of the
+/// last top-level `model` member found before the end of the body or its first syntax
+/// error. A refused request is recorded with it, so the record says what was asked for.
+pub fn named_model(bytes: &[u8]) -> Option<String> {
+    let mut named = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // An error only ends the search: what was found before it stands.
+    let _ = ModelSeed(&mut named).deserialize(&mut deserializer);
+    named
+}
+
+/// Reads a JSON object's members in order, noting each `model` that is a string.
+struct ModelSeed<'a>(&'a mut Option<String>);
+
+impl<'de> DeserializeSeed<'de> for ModelSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ModelSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
+        while let Some(name) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+            if name == "model" {
+                // Later members win, as they do when the body is parsed.
+                *self.0 = match members.next_value::<Value>()? {
+                    Value::String(model) => Some(model),
+                    _ => None,
+                };
+            } else {
+                members.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The body as a JSON object, or the error a provider gives for anything else.

@@ -42,86 +42,96 @@ async fn bad_input_gets_provider_errors_never_reaches_upstream_and_is_recorded()
     let gateway = TestGateway::start().await;
     let huge =
         format!(r#"{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "{}"}}]}}"#, "x".repeat(70_000));
-    // (route, key, body, status expected, outcome recorded; none for 401s)
-    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, Option<OutcomeStatus>);
+    // (route, key, body, status expected, outcome recorded (none for 401s), model recorded)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, Option<OutcomeStatus>, &'a str);
+    let invalid = Some(OutcomeStatus::InvalidRequest);
+    let blocked = Some(OutcomeStatus::BlockedByPolicy);
+    let body = |value: Value| value.to_string().into_bytes();
     let cases: Vec<Case> = vec![
-        ("/v1/chat/completions", None, chat("hi").to_string().into_bytes(), 401, None),
-        ("/v1/chat/completions", Some("tg-unknown"), chat("hi").to_string().into_bytes(), 401, None),
-        ("/v1/chat/completions", Some(TEAM_KEY), b"{not json".to_vec(), 400, Some(OutcomeStatus::InvalidRequest)),
-        ("/v1/chat/completions", Some(TEAM_KEY), b"\xff\xfe\x00".to_vec(), 400, Some(OutcomeStatus::InvalidRequest)),
+        ("/v1/chat/completions", None, body(chat("hi")), 401, None, ""),
+        ("/v1/chat/completions", Some("tg-unknown"), body(chat("hi")), 401, None, ""),
+        ("/v1/chat/completions", Some(TEAM_KEY), b"{not json".to_vec(), 400, invalid, ""),
+        ("/v1/chat/completions", Some(TEAM_KEY), b"\xff\xfe\x00".to_vec(), 400, invalid, ""),
+        ("/v1/chat/completions", Some(TEAM_KEY), br#"{"messages": []}"#.to_vec(), 400, invalid, ""),
+        // Invalid bodies that name a model are recorded with it.
+        ("/v1/chat/completions", Some(TEAM_KEY), br#"{"model": "gpt-4o-mini"}"#.to_vec(), 400, invalid, "gpt-4o-mini"),
         (
             "/v1/chat/completions",
             Some(TEAM_KEY),
-            br#"{"messages": []}"#.to_vec(),
+            br#"{"model": "gpt-4o", "messages": [{"role": "us"#.to_vec(),
             400,
-            Some(OutcomeStatus::InvalidRequest),
+            invalid,
+            "gpt-4o",
         ),
         (
             "/v1/chat/completions",
             Some(TEAM_KEY),
-            br#"{"model": "gpt-4o-mini"}"#.to_vec(),
+            br#"{"model": "gpt-4o", "messages": "hello", "model": "gpt-4o-mini"}"#.to_vec(),
             400,
-            Some(OutcomeStatus::InvalidRequest),
+            invalid,
+            "gpt-4o-mini",
         ),
+        ("/v1/chat/completions", Some(TEAM_KEY), br#"[{"model": "gpt-4o"}]"#.to_vec(), 400, invalid, ""),
         (
             "/v1/chat/completions",
             Some(TEAM_KEY),
             br#"{"model": 7, "messages": [{"role": "user"}]}"#.to_vec(),
             400,
-            Some(OutcomeStatus::InvalidRequest),
+            invalid,
+            "",
         ),
-        ("/v1/chat/completions", Some(TEAM_KEY), huge.into_bytes(), 413, Some(OutcomeStatus::BlockedByPolicy)),
+        ("/v1/chat/completions", Some(TEAM_KEY), huge.into_bytes(), 413, blocked, ""),
         (
             "/v1/chat/completions",
             Some(NARROW_KEY),
-            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}).to_string().into_bytes(),
+            body(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})),
             403,
-            Some(OutcomeStatus::BlockedByPolicy),
+            blocked,
+            "gpt-4o",
         ),
         (
             "/v1/chat/completions",
             Some(TEAM_KEY),
-            json!({"model": "gpt-4o", "max_tokens": 4096, "messages": [{"role": "user", "content": "x"}]})
-                .to_string()
-                .into_bytes(),
+            body(json!({"model": "gpt-4o", "max_tokens": 4096, "messages": [{"role": "user", "content": "x"}]})),
             400,
-            Some(OutcomeStatus::BlockedByPolicy),
+            blocked,
+            "gpt-4o",
         ),
         (
             "/v1/chat/completions",
             Some(TEAM_KEY),
-            json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}).to_string().into_bytes(),
+            body(json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})),
             404,
-            Some(OutcomeStatus::InvalidRequest),
+            invalid,
+            "no-such-model",
         ),
         (
             "/v1/chat/completions",
             Some(TEAM_KEY),
-            json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]})
-                .to_string()
-                .into_bytes(),
+            body(json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]})),
             404,
-            Some(OutcomeStatus::InvalidRequest),
+            invalid,
+            "claude-sonnet-4-5",
         ),
         (
             "/v1/embeddings",
             Some(TEAM_KEY),
-            json!({"model": "text-embedding-3-small", "input": []}).to_string().into_bytes(),
+            body(json!({"model": "text-embedding-3-small", "input": []})),
             400,
-            Some(OutcomeStatus::InvalidRequest),
+            invalid,
+            "text-embedding-3-small",
         ),
         (
             "/v1/messages",
             Some(TEAM_KEY),
-            json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]})
-                .to_string()
-                .into_bytes(),
+            body(json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]})),
             400,
-            Some(OutcomeStatus::InvalidRequest),
+            invalid,
+            "claude-sonnet-4-5",
         ),
     ];
     let mut expected_ids = Vec::new();
-    for (path, key, body, status, outcome) in &cases {
+    for (path, key, body, status, outcome, model) in &cases {
         let (got, id, error) = post(&gateway, path, *key, body.clone()).await;
         assert_eq!(got.as_u16(), *status, "{path} {:?}: {error}", String::from_utf8_lossy(&body[..body.len().min(80)]));
         if *path == "/v1/messages" {
@@ -132,7 +142,7 @@ async fn bad_input_gets_provider_errors_never_reaches_upstream_and_is_recorded()
             assert!(error["error"]["type"].is_string(), "{error}");
         }
         if let Some(outcome) = outcome {
-            expected_ids.push((id, *outcome, *status));
+            expected_ids.push((id, *outcome, *status, *model));
         }
     }
     // A body with a non-JSON content type.
@@ -146,14 +156,16 @@ async fn bad_input_gets_provider_errors_never_reaches_upstream_and_is_recorded()
         .unwrap();
     assert_eq!(response.status().as_u16(), 415);
     let id = response.headers()[INTERACTION_ID_HEADER].to_str().unwrap().to_owned();
-    expected_ids.push((id, OutcomeStatus::InvalidRequest, 415));
+    // Refused before the body is read.
+    expected_ids.push((id, OutcomeStatus::InvalidRequest, 415, ""));
 
     assert_eq!(gateway.upstream_requests(), 0, "no bad request reached an upstream");
     let events = gateway.interactions(expected_ids.len()).await;
     assert_eq!(events.len(), expected_ids.len(), "one event per authenticated request, none for 401s");
-    for (id, outcome, status) in expected_ids {
+    for (id, outcome, status, model) in expected_ids {
         let event = events.iter().find(|event| event.id.to_string() == id).unwrap_or_else(|| panic!("no event {id}"));
         assert_eq!(event.outcome.status, outcome, "{event:?}");
+        assert_eq!(model_call(event).request_model, model, "{event:?}");
         assert_eq!(event.outcome.http_status, Some(status));
         assert_eq!(event.outcome.attempts, 0);
         assert!(event.outcome.error_message.is_some());

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use support::json_value;
 use tollgate_ingest::error::{ApiError, Dialect, ErrorClass};
-use tollgate_ingest::request::{parse_chat_completion, parse_embeddings, parse_messages};
+use tollgate_ingest::request::{named_model, parse_chat_completion, parse_embeddings, parse_messages};
 
 /// Every error a parser returns is a 400 whose bodies have the providers' layouts.
 fn check_error(error: &ApiError) -> Result<(), TestCaseError> {
@@ -23,6 +23,7 @@ fn check_error(error: &ApiError) -> Result<(), TestCaseError> {
 }
 
 fn check_all_parsers(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let _ = named_model(bytes);
     if let Err(error) = parse_chat_completion(bytes) {
         check_error(&error)?;
     }
@@ -46,6 +47,33 @@ proptest! {
     #[test]
     fn arbitrary_json_never_panics(value in json_value()) {
         check_all_parsers(value.to_string().as_bytes())?;
+    }
+
+    /// Whatever else a body holds, the model it names is the one the parser reads when
+    /// it accepts the body, and a string `model` in any JSON object is found.
+    #[test]
+    fn the_named_model_is_the_one_the_parser_reads(value in json_value(), model in ".{0,40}") {
+        let bytes = value.to_string().into_bytes();
+        if let Ok(request) = parse_chat_completion(&bytes) {
+            prop_assert_eq!(named_model(&bytes), Some(request.model));
+        }
+        let expected = value.get("model").and_then(Value::as_str).map(str::to_owned);
+        prop_assert_eq!(named_model(&bytes), expected);
+        let mut with_model = match value {
+            Value::Object(members) => members,
+            _ => serde_json::Map::new(),
+        };
+        with_model.insert("model".to_owned(), Value::String(model.clone()));
+        prop_assert_eq!(named_model(Value::Object(with_model).to_string().as_bytes()), Some(model));
+    }
+
+    /// A body cut anywhere after its `model` member still names that model.
+    #[test]
+    fn a_truncated_body_still_names_its_model(model in "[a-z0-9.:-]{1,30}", rest in json_value(), cut in 0usize..400) {
+        let body = format!(r#"{{"model": {}, "rest": {rest}}}"#, Value::String(model.clone()));
+        let model_end = body.find(", \"rest\"").unwrap();
+        let cut = (model_end + cut).min(body.len());
+        prop_assert_eq!(named_model(&body.as_bytes()[..cut]), Some(model));
     }
 
     /// A valid body with one field replaced by anything is accepted or refused with that
