@@ -573,6 +573,12 @@ mod tests {
 
     use tollgate_schemas::topics::GOVERNANCE;
 
+    /// A change id made at `time_unix_micros`: the ledger's clock follows the ids of
+    /// budget changes, so tests must not use the wall clock's.
+    fn change_id_at(time_unix_micros: i64) -> uuid::Uuid {
+        uuid::Builder::from_unix_timestamp_millis(u64::try_from(time_unix_micros / 1000).unwrap(), &[0; 10]).into_uuid()
+    }
+
     fn budget(source_offset: i64, id: &str, window: WindowKind, limit_usd: i64, hard: bool) -> SubjectUpdate {
         SubjectUpdate {
             schema_version: SCHEMA_VERSION,
@@ -582,8 +588,7 @@ mod tests {
             source_partition: 0,
             change: SubjectChange::Budget {
                 source_offset,
-                change_id: uuid::Builder::from_unix_timestamp_millis(u64::try_from(NOV_10 / 1000).unwrap(), &[0; 10])
-                    .into_uuid(),
+                change_id: change_id_at(NOV_10),
                 budget_id: id.to_owned(),
                 spec: Some(BudgetSpec {
                     subject: team(),
@@ -650,7 +655,7 @@ mod tests {
         let lift = |offset| SubjectUpdate {
             change: SubjectChange::Budget {
                 source_offset: offset,
-                change_id: uuid::Uuid::now_v7(),
+                change_id: change_id_at(NOV_10 + DAY + 1),
                 budget_id: "daily".to_owned(),
                 spec: None,
             },
@@ -665,7 +670,7 @@ mod tests {
             &SubjectUpdate {
                 change: SubjectChange::Budget {
                     source_offset: 3,
-                    change_id: uuid::Uuid::now_v7(),
+                    change_id: change_id_at(NOV_10 + DAY + 2),
                     budget_id: "monthly".to_owned(),
                     spec: None,
                 },
