@@ -415,7 +415,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         None => PriceCatalog::shipped()?,
     };
     let actor = args.config.display().to_string();
-    let (state, listener) = start_gateway(config, log, spool, catalog, &actor).await?;
+    let (state, listener, _governance) = start_gateway(config, log, spool, catalog, &actor).await?;
     tollgate_ingest::run(listener, state, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
@@ -424,25 +424,27 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 /// Starts a gateway's parts on `log`: the recorder, the governance follower (which first
 /// publishes the configuration's keys and team policies, as changes by `config_actor`),
 /// the quota decision follower, and the listener. Serve it with `tollgate_ingest::run`.
+/// The governance follower is returned too, for services in the same process that wait
+/// until a change is in force at the gateway.
 pub(crate) async fn start_gateway(
     config: GatewayConfig,
     log: Arc<dyn EventLog>,
     spool: Option<Arc<dyn EventLog>>,
     catalog: PriceCatalog,
     config_actor: &str,
-) -> anyhow::Result<(Arc<GatewayState>, tokio::net::TcpListener)> {
+) -> anyhow::Result<(Arc<GatewayState>, tokio::net::TcpListener, Arc<tollgate_eventlog::Follower>)> {
     let recorder =
         Recorder::start(Arc::clone(&log), spool, config.recording.clone()).await.context("starting the recorder")?;
     let listen = config.listen;
     let instance = config.instance_id.clone();
     let state = Arc::new(GatewayState::new(config, recorder, catalog).context("building the upstream clients")?);
-    tollgate_ingest::governance::start(Arc::clone(&log), Arc::clone(&state), config_actor)
+    let governance = tollgate_ingest::governance::start(Arc::clone(&log), Arc::clone(&state), config_actor)
         .await
         .context("following governance for virtual keys")?;
     tokio::spawn(tollgate_ingest::quota::follow_forever(log, Arc::clone(&state.quota), instance));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, keys = state.keys().len(), "gateway listening");
-    Ok((state, listener))
+    Ok((state, listener, governance))
 }
 
 async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {

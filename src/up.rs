@@ -237,7 +237,7 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
         .map(|model| (*model).to_owned())
         .or_else(|| gateway_config.models.keys().next().cloned());
     let catalog = PriceCatalog::shipped()?;
-    let (gateway_state, gateway_listener) =
+    let (gateway_state, gateway_listener, gateway_governance) =
         crate::start_gateway(gateway_config, Arc::clone(&log), None, catalog.clone(), &config_actor).await?;
     let gateway_address = gateway_listener.local_addr()?;
     let gateway = tokio::spawn(tollgate_ingest::run(gateway_listener, gateway_state, stopped_signal()));
@@ -273,7 +273,10 @@ pub async fn run(args: UpArgs, shutdown: impl std::future::Future<Output = ()> +
         }],
         ..QueryApiConfig::default()
     };
-    let router = tollgate_query_api::server::router(&query_config, Arc::clone(&log)).await?;
+    // An admin change returns once the gateway here has it in force too.
+    let router =
+        tollgate_query_api::server::router_waiting_for(&query_config, Arc::clone(&log), vec![gateway_governance])
+            .await?;
     let query_listener = tokio::net::TcpListener::bind(query_config.listen)
         .await
         .with_context(|| format!("listening on {} for the query API", query_config.listen))?;

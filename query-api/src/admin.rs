@@ -29,6 +29,9 @@ pub struct GovernanceBook {
     tokens: RwLock<Tokens>,
     directory: RwLock<Directory>,
     follower: Arc<Follower>,
+    /// Followers of the same log in this process whose view a change must reach too
+    /// before its call returns (the gateway's, in `tollgate up`).
+    in_process: Vec<Arc<Follower>>,
 }
 
 /// The value of an `api_token` governance change.
@@ -46,7 +49,18 @@ impl GovernanceBook {
             tokens: RwLock::new(Tokens::new(configured)?),
             directory: RwLock::new(Directory::default()),
             follower: Follower::new(GOVERNANCE),
+            in_process: Vec::new(),
         })
+    }
+
+    /// A change made here also waits until each of `followers` has applied it: services
+    /// in this process following governance on the same log (the gateway's keys and
+    /// routes, in `tollgate up`), so a change is in force in all of them when its call
+    /// returns. Replicas elsewhere apply it as their own followers reach it.
+    #[must_use]
+    pub fn waiting_for(mut self, followers: Vec<Arc<Follower>>) -> Self {
+        self.in_process = followers;
+        self
     }
 
     /// The caller presenting `token`.
@@ -109,9 +123,9 @@ impl GovernanceBook {
     }
 }
 
-/// Publishes `change`, waits until the log has it and until this replica has applied it
-/// (changes apply in log order only, so an older change can never undo a newer one), and
-/// returns.
+/// Publishes `change`, waits until the log has it and until this replica (and the
+/// services in this process the book waits for) has applied it (changes apply in log
+/// order only, so an older change can never undo a newer one), and returns.
 pub async fn publish(log: &dyn EventLog, book: &GovernanceBook, change: GovernanceChange) -> Result<(), ApiError> {
     let unavailable = |message: &str| ApiError {
         status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -126,11 +140,14 @@ pub async fn publish(log: &dyn EventLog, book: &GovernanceBook, change: Governan
             tracing::error!(%error, "publishing a governance change failed");
             unavailable("the change could not be recorded on the log; nothing was changed")
         })?;
-    if book.follower.wait_applied(ack, Duration::from_secs(30)).await {
-        Ok(())
-    } else {
-        Err(unavailable("the change is recorded but was not applied here within 30 s; it will be"))
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for follower in std::iter::once(&book.follower).chain(&book.in_process) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !follower.wait_applied(ack, left).await {
+            return Err(unavailable("the change is recorded but was not applied here within 30 s; it will be"));
+        }
     }
+    Ok(())
 }
 
 /// A token change by `actor`.

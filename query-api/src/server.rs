@@ -468,7 +468,19 @@ pub(crate) fn counted(mut response: Response, results: usize) -> Response {
 /// The API's routes over the archive `config.archive`, recording every authenticated
 /// request on `log` (see [`crate::access`]).
 pub async fn router(config: &QueryApiConfig, log: Arc<dyn EventLog>) -> Result<Router, StartError> {
-    let tokens = Arc::new(crate::admin::GovernanceBook::new(&config.tokens).map_err(StartError::Tokens)?);
+    router_waiting_for(config, log, Vec::new()).await
+}
+
+/// [`router`], for a process that runs other services following governance on `log`:
+/// an admin change returns once each of `followers` has applied it too (see
+/// [`crate::admin::GovernanceBook::waiting_for`]).
+pub async fn router_waiting_for(
+    config: &QueryApiConfig,
+    log: Arc<dyn EventLog>,
+    followers: Vec<Arc<tollgate_eventlog::Follower>>,
+) -> Result<Router, StartError> {
+    let tokens =
+        Arc::new(crate::admin::GovernanceBook::new(&config.tokens).map_err(StartError::Tokens)?.waiting_for(followers));
     let archive = Archive::open(&config.archive, &config.archive_options)?;
     let store = ParquetStore::new();
     if config.archive.contains("://") {
