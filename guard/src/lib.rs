@@ -170,18 +170,7 @@ impl Detectors {
                 }
             }
         }
-        // Strongest claims first, then keep each candidate that overlaps nothing kept.
-        candidates.sort_by(|a, b| {
-            b.kind.priority().cmp(&a.kind.priority()).then(a.start.cmp(&b.start)).then(b.end.cmp(&a.end))
-        });
-        let mut kept: Vec<Finding> = Vec::with_capacity(candidates.len());
-        for candidate in candidates {
-            if kept.iter().all(|other| candidate.end <= other.start || candidate.start >= other.end) {
-                kept.push(candidate);
-            }
-        }
-        kept.sort_by_key(|finding| finding.start);
-        kept
+        without_overlaps(candidates)
     }
 
     /// `text` with every finding replaced by `[REDACTED:<label>]`, and the findings.
@@ -203,6 +192,29 @@ impl Detectors {
         redacted.push_str(text.get(copied_up_to..).unwrap_or(""));
         (Cow::Owned(redacted), findings)
     }
+}
+
+/// The candidates that win where they overlap: strongest claims first (then the earlier,
+/// then the longer), each kept if it overlaps nothing kept before it; in text order.
+///
+/// O(n log n): the kept spans are disjoint, so in (start, end) order their ends rise, and
+/// of those starting before a candidate ends only the last can reach into it.
+fn without_overlaps(mut candidates: Vec<Finding>) -> Vec<Finding> {
+    candidates
+        .sort_by(|a, b| b.kind.priority().cmp(&a.kind.priority()).then(a.start.cmp(&b.start)).then(b.end.cmp(&a.end)));
+    let mut kept: std::collections::BTreeMap<(usize, usize), Finding> = std::collections::BTreeMap::new();
+    for candidate in candidates {
+        let overlaps =
+            kept.range(..(candidate.end, 0)).next_back().is_some_and(|(_, other)| overlap(other, &candidate));
+        if !overlaps {
+            kept.insert((candidate.start, candidate.end), candidate);
+        }
+    }
+    kept.into_values().collect()
+}
+
+fn overlap(a: &Finding, b: &Finding) -> bool {
+    !(a.end <= b.start || a.start >= b.end)
 }
 
 /// The kinds named by `[REDACTED:<label>]` markers in `text` (what [`Detectors::redact`]
@@ -268,7 +280,42 @@ fn is_phone_number(candidate: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The first, quadratic resolution: each candidate against every span kept so far.
+    fn without_overlaps_reference(mut candidates: Vec<Finding>) -> Vec<Finding> {
+        candidates.sort_by(|a, b| {
+            b.kind.priority().cmp(&a.kind.priority()).then(a.start.cmp(&b.start)).then(b.end.cmp(&a.end))
+        });
+        let mut kept: Vec<Finding> = Vec::new();
+        for candidate in candidates {
+            if kept.iter().all(|other| candidate.end <= other.start || candidate.start >= other.end) {
+                kept.push(candidate);
+            }
+        }
+        kept.sort_by_key(|finding| finding.start);
+        kept
+    }
+
+    fn candidate() -> impl Strategy<Value = Finding> {
+        (0..PiiKind::ALL.len(), 0usize..200, 1usize..30).prop_map(|(kind, start, length)| Finding {
+            kind: PiiKind::ALL[kind],
+            start,
+            end: start + length,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// The sorted-map resolution keeps exactly what comparing with every kept span did.
+        #[test]
+        fn overlaps_resolve_as_comparing_every_pair_does(candidates in proptest::collection::vec(candidate(), 0..60)) {
+            prop_assert_eq!(without_overlaps(candidates.clone()), without_overlaps_reference(candidates));
+        }
+    }
 
     fn kinds(text: &str) -> Vec<(PiiKind, String)> {
         Detectors::shared().find(text).iter().map(|finding| (finding.kind, finding.text(text).to_owned())).collect()
