@@ -137,16 +137,24 @@ async fn an_outage_delays_the_load_and_loses_nothing() {
     let processor = Running::start(Arc::clone(&log), config, "load-test").unwrap();
     let metrics = Arc::clone(&processor.metrics);
 
-    // ClickHouse is unreachable: the stage keeps retrying and inserts nothing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let text = metrics.encode();
-    let failures: u64 = text
-        .lines()
-        .find(|line| line.starts_with("tollgate_processor_clickhouse_insert_failures_total "))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap();
-    assert!(failures >= 2, "the stage should be retrying; {failures} failures");
+    // ClickHouse is unreachable: the stage keeps retrying (a second failed insert is a
+    // retry) and inserts nothing.
+    let failures = |text: &str| -> u64 {
+        text.lines()
+            .find(|line| line.starts_with("tollgate_processor_clickhouse_insert_failures_total "))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = metrics.encode();
+        if failures(&text) >= 2 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stage did not retry within 60 s:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(!text.contains("tollgate_processor_clickhouse_rows_total{"), "nothing can have been inserted:\n{text}");
 
     // Back up: everything arrives.
