@@ -446,6 +446,57 @@ async fn reports_and_searches_answer_from_the_archive() {
     }
 }
 
+/// Model and tool names are chosen by clients; a spreadsheet opening the cost CSV or the
+/// FOCUS export must not run one as a formula. Every hostile name comes back with a
+/// leading `'`, and no cell of either file begins with a formula character unless it is a
+/// number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_would_run_as_formulas_are_neutralized_in_csv_exports() {
+    const MODELS: [&str; 4] = ["=HYPERLINK(\"http://x.test\",\"y\")", "+1+1", "-2+3", "@SUM(A1:A9)"];
+    const TOOLS: [&str; 2] = ["\tcmd", "=2*3"];
+    let dir = tempfile::tempdir().unwrap();
+    let mut interactions = workload(60, 29, START);
+    for (index, interaction) in interactions.iter_mut().enumerate() {
+        match &mut interaction.call {
+            tollgate_schemas::Call::ModelCall(call) => call.request_model = MODELS[index % MODELS.len()].to_owned(),
+            tollgate_schemas::Call::ToolCall(call) => call.tool = Some(TOOLS[index % TOOLS.len()].to_owned()),
+        }
+    }
+    interactions.push({
+        let mut tool = tollgate_processor::testing::tool_call("search", TOOLS[0], tollgate_schemas::OutcomeStatus::Ok);
+        tool.time_unix_micros = START;
+        tool
+    });
+    interactions.push({
+        let mut tool = tollgate_processor::testing::tool_call("search", TOOLS[1], tollgate_schemas::OutcomeStatus::Ok);
+        tool.time_unix_micros = START;
+        tool
+    });
+    let (root, log) = archived(dir.path(), &interactions).await;
+    let api = serve(&root, log, QueryApiConfig::default()).await;
+    let day = "from=2036-11-26&to=2036-11-28";
+
+    let cells = |body: &str| -> Vec<String> {
+        let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(body.as_bytes());
+        reader.records().flat_map(|record| record.unwrap().iter().map(str::to_owned).collect::<Vec<_>>()).collect()
+    };
+    for path in
+        [format!("/v1/reports/cost?{day}&group_by=model,tool&format=csv"), format!("/v1/reports/chargeback?{day}")]
+    {
+        let (status, body) = api.get(Some("finance-token"), &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let cells = cells(&body);
+        for name in MODELS.iter().chain(&TOOLS) {
+            assert!(cells.contains(&format!("'{name}")), "{path}: {name:?} is not neutralized in {body}");
+            assert!(!cells.contains(&(*name).to_owned()), "{path}: {name:?} is written as it came in {body}");
+        }
+        for cell in &cells {
+            let number = cell.parse::<f64>().is_ok();
+            assert!(number || !cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "{path}: cell {cell:?}");
+        }
+    }
+}
+
 /// `"12.345000001"` (dollars) in nano-dollars, read here independently of the API's code.
 fn decimal_nanos(text: &str) -> i64 {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));

@@ -95,10 +95,17 @@ function download(name, text, type) {
   URL.revokeObjectURL(url);
 }
 
+// A cell that begins with =, +, -, @, a tab or a carriage return and is not a number gets
+// a leading ' so a spreadsheet shows it instead of running it (the API's CSV follows the
+// same rule, in query-api/src/export.rs).
+function neutralized(text) {
+  return /^[=+\-@\t\r]/.test(text) && !/^[+-]?\d+(\.\d+)?$/.test(text) ? "'" + text : text;
+}
+
 function csv(rows) {
   const quote = (value) => {
-    const text = value === undefined || value === null ? "" : String(value);
-    return /[",\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+    const text = neutralized(value === undefined || value === null ? "" : String(value));
+    return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   };
   return rows.map((line) => line.map(quote).join(",")).join("\n") + "\n";
 }

@@ -26,6 +26,7 @@ pub mod admin;
 pub mod auth;
 pub mod clickhouse;
 pub mod dashboard;
+pub mod export;
 pub mod focus;
 pub mod health;
 pub mod manage;

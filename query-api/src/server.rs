@@ -610,15 +610,14 @@ async fn cost_report(State(state): State<Arc<AppState>>, RawQuery(query): RawQue
         }));
         return Ok(counted(body.into_response(), count));
     }
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut body = crate::export::CsvBody::new();
     let mut header_row: Vec<&str> = Vec::new();
     if query.bucket.is_some() {
         header_row.push("bucket_start");
     }
     header_row.extend(query.group_by.iter().map(|group| group.as_str()));
     header_row.extend(["interactions", "cost_nanos", "cost_usd", "input_tokens", "output_tokens"]);
-    let csv_error = |error: csv::Error| ApiError::internal(error.to_string());
-    writer.write_record(&header_row).map_err(csv_error)?;
+    body.record(&header_row)?;
     for line in &lines {
         let mut row: Vec<String> = Vec::new();
         if query.bucket.is_some() {
@@ -634,9 +633,9 @@ async fn cost_report(State(state): State<Arc<AppState>>, RawQuery(query): RawQue
             line.input_tokens.to_string(),
             line.output_tokens.to_string(),
         ]);
-        writer.write_record(&row).map_err(csv_error)?;
+        body.record(&row)?;
     }
-    let body = writer.into_inner().map_err(|error| ApiError::internal(error.to_string()))?;
+    let body = body.finish()?;
     Ok(counted(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response(), lines.len()))
 }
 
@@ -688,11 +687,7 @@ async fn chargeback(State(state): State<Arc<AppState>>, RawQuery(query): RawQuer
     if !csv {
         return Ok(counted(Json(serde_json::json!({ "rows": rows })).into_response(), count));
     }
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for row in &rows {
-        writer.serialize(row).map_err(|error| ApiError::internal(error.to_string()))?;
-    }
-    let body = writer.into_inner().map_err(|error| ApiError::internal(error.to_string()))?;
+    let body = crate::export::CsvBody::from_rows(&rows)?;
     let headers = [
         (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
         (header::CONTENT_DISPOSITION, "attachment; filename=\"tollgate-focus.csv\""),

@@ -128,6 +128,14 @@ def check_role(base, role, token, interaction_id, shots):
         if errors:
             problems.append(f"{role}/detail: console errors: {errors}")
         driver.save_screenshot(os.path.join(shots, f"{role}-interaction-detail.png"))
+
+        # The CSV the dashboard writes itself keeps formulas from running in a spreadsheet.
+        written = driver.execute_script(
+            'return csv([["=HYPERLINK(\\"http://x\\")", "-12", "gpt-4o", "@SUM(A1)", "a,b", "+1-1"]]);'
+        )
+        wanted = '"\'=HYPERLINK(""http://x"")",-12,gpt-4o,\'@SUM(A1),"a,b",\'+1-1\n'
+        if written != wanted:
+            problems.append(f"{role}: the dashboard's CSV writer gave {written!r}, not {wanted!r}")
     finally:
         driver.quit()
     return seen, problems
