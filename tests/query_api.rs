@@ -1,8 +1,9 @@
 //! The query API over an archive the processor wrote: cost reports reconcile with the
 //! priced events to the nano-dollar (total, grouped, bucketed in two time zones, JSON and
 //! CSV); the interaction search finds by principal, model, tool, rule and content text
-//! and pages through everything exactly once; finance tokens never see content; bad
-//! parameters get a 400 naming the parameter, and hostile values stay values.
+//! and pages through everything exactly once; finance tokens never see content, upstream
+//! error bodies or violations; bad parameters get a 400 naming the parameter, and hostile
+//! values stay values.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail by panicking.
 
@@ -113,7 +114,12 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_and_searches_answer_from_the_archive() {
     let dir = tempfile::tempdir().unwrap();
-    let interactions = workload(COUNT, 17, START);
+    let mut interactions = workload(COUNT, 17, START);
+    // An upstream error body can quote the request: auditors read it, finance does not.
+    let failed = &mut interactions[COUNT / 2];
+    failed.outcome.status = tollgate_schemas::OutcomeStatus::UpstreamError;
+    failed.outcome.error_message = Some("invalid request: 'my card is 4111 1111 1111 1111'".to_owned());
+    let failed = failed.id;
     let (root, log) = archived(dir.path(), &interactions).await;
     let pricer = Pricer::new(PriceCatalog::shipped().unwrap());
     let cost = |interaction: &Interaction| pricer.price(interaction).cost.total.0;
@@ -306,6 +312,13 @@ async fn reports_and_searches_answer_from_the_archive() {
     assert!(detail["interaction"]["interaction"]["content"]["captured"].is_null());
     let detail = api.json(auditor, &format!("/v1/interactions/{}", captured[0].id)).await;
     assert!(detail["interaction"]["interaction"]["content"]["captured"]["request"].is_string());
+    let error_message = |detail: &Value| detail["interaction"]["interaction"]["outcome"]["error_message"].clone();
+    assert!(error_message(&api.json(auditor, &format!("/v1/interactions/{failed}")).await).is_string());
+    assert!(error_message(&api.json(finance, &format!("/v1/interactions/{failed}")).await).is_null());
+    let page = api.json(finance, "/v1/interactions?outcome=upstream_error&limit=500").await;
+    let found = page["interactions"].as_array().unwrap();
+    assert!(found.iter().any(|record| record["interaction"]["id"] == failed.to_string()));
+    assert!(found.iter().all(|record| record["interaction"]["outcome"]["error_message"].is_null()), "{page}");
 
     // Violations: the rule filter, and an interaction's own violations and decisions.
     let flagged: Vec<(uuid::Uuid, String)> = interactions
@@ -328,6 +341,12 @@ async fn reports_and_searches_answer_from_the_archive() {
     assert_eq!(got, with_rule);
     let detail = api.json(auditor, &format!("/v1/interactions/{}", flagged[0].0)).await;
     assert!(detail["violations"].as_array().unwrap().iter().any(|v| v["rule_id"] == rule.as_str()));
+    // Violations (their evidence quotes the prompt) are auditors' history: finance can
+    // neither search by rule nor read an interaction's violations.
+    let (status, body) = api.get(Some(finance), &format!("/v1/interactions?rule={rule}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let detail = api.json(finance, &format!("/v1/interactions/{}", flagged[0].0)).await;
+    assert_eq!(detail["violations"], serde_json::json!([]), "{detail}");
     let team0 = interactions.iter().rev().find(|i| i.principal.team_id.as_deref() == Some("team-0")).unwrap();
     let detail = api.json(finance, &format!("/v1/interactions/{}", team0.id)).await;
     assert!(detail["decisions"].as_array().unwrap().iter().any(|d| d["budget_id"] == "team-0-lifetime"), "{detail}");

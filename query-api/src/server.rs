@@ -5,8 +5,8 @@
 //! | `GET /healthz` | none | liveness |
 //! | `GET /v1/reports/cost` | all | spend by group and time bucket (`format=csv` for CSV) |
 //! | `GET /v1/reports/chargeback` | all | spend as FinOps FOCUS rows (CSV, or `format=json`) |
-//! | `GET /v1/interactions` | all (`text` auditor and admin only) | interaction search, oldest first, cursor pages |
-//! | `GET /v1/interactions/{id}` | all | one interaction with its violations, decisions and inclusion proof |
+//! | `GET /v1/interactions` | all (`text` and `rule` auditor and admin only) | interaction search, oldest first, cursor pages |
+//! | `GET /v1/interactions/{id}` | all (violations auditor and admin only) | one interaction with its violations, decisions and inclusion proof |
 //! | `GET /v1/budgets` | all | every budget's newest state, with a forecast to the window's end |
 //! | `GET /v1/decisions` | all | quota decision history |
 //! | `GET /v1/violations` | auditor, admin | policy violations |
@@ -24,8 +24,8 @@
 //! | `GET, POST /v1/admin/tokens`, `DELETE /v1/admin/tokens/{name}` | admin | list, make (or replace) and revoke tokens (see [`crate::admin`]) |
 //! | `/v1/admin/keys`, `/v1/admin/teams`, `/v1/admin/budgets`, `/v1/admin/providers`, `/v1/admin/catalogs` | admin | virtual keys, team policies, budgets, providers, price catalogs (see [`crate::manage`]) |
 //!
-//! Finance tokens never receive captured content: it is removed from every interaction
-//! before the response is made.
+//! Finance tokens never receive captured content, upstream error bodies or violations:
+//! they are removed from every interaction before the response is made.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -715,7 +715,7 @@ const EQUALITY_FILTERS: [(&str, &str); 8] = [
         (status = 200, description = "A page of priced interactions, oldest first, and the cursor of the next page."),
         (status = 400, description = "A parameter is invalid; the body names it.", body = ErrorBody),
         (status = 401, description = "No token, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "`text` needs an auditor or admin token.", body = ErrorBody),
+        (status = 403, description = "`text` and `rule` need an auditor or admin token.", body = ErrorBody),
     )
 )]
 async fn search(
@@ -744,6 +744,9 @@ async fn search(
     if text.is_some() && !caller.role.sees_content() {
         return Err(ApiError::forbidden("searching captured content needs an auditor or admin token"));
     }
+    if params.get("rule").is_some() && !caller.role.sees_content() {
+        return Err(ApiError::forbidden("searching by violated rule needs an auditor or admin token"));
+    }
     let query = SearchQuery {
         range,
         equals,
@@ -755,7 +758,7 @@ async fn search(
     let mut page = state.store.search(&query).await?;
     if !caller.role.sees_content() {
         for record in &mut page.interactions {
-            record.interaction.content.captured = None;
+            withhold_content(&mut record.interaction);
         }
     }
     let count = page.interactions.len();
@@ -786,11 +789,21 @@ async fn interaction(
         .ok_or_else(|| ApiError::not_found(format!("no interaction {id} in the archive")))?;
     let proof = inclusion(&state, &detail.interaction).await?;
     if !caller.role.sees_content() {
-        detail.interaction.interaction.content.captured = None;
+        withhold_content(&mut detail.interaction.interaction);
+        // Violations are auditors' history (`/v1/violations`), and their evidence quotes
+        // the prompt.
+        detail.violations.clear();
     }
     let mut body = serde_json::to_value(&detail).map_err(|error| ApiError::internal(error.to_string()))?;
     body["inclusion_proof"] = serde_json::to_value(&proof).map_err(|error| ApiError::internal(error.to_string()))?;
     Ok(counted(Json(body).into_response(), 1))
+}
+
+/// Removes what only roles that see content may read: the captured request and response,
+/// and the upstream's error body (which can quote the request).
+fn withhold_content(interaction: &mut tollgate_schemas::Interaction) {
+    interaction.content.captured = None;
+    interaction.outcome.error_message = None;
 }
 
 /// Where an interaction stands in the archive's Merkle log.
