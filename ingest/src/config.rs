@@ -59,7 +59,11 @@ struct RawMcpServer {
     command: Option<String>,
     #[serde(default)]
     args: Vec<String>,
-    /// Extra environment for the command (on top of the gateway's own).
+    /// Variables of the gateway's environment the command gets, by name. It starts with
+    /// none of them but `PATH`, `HOME`, `LANG`, `LC_ALL`, `TZ` and `TMPDIR`.
+    #[serde(default)]
+    pass_env: Vec<String>,
+    /// Environment values set for the command.
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// A remote server: its Streamable HTTP endpoint.
@@ -219,7 +223,9 @@ struct RawTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum McpTransport {
     /// A local program spoken to over stdio, started and restarted by the gateway.
-    Stdio { command: String, args: Vec<String>, env: BTreeMap<String, String> },
+    /// Its environment is [`crate::mcp_transport::BASE_ENV`] and `pass_env` from the
+    /// gateway's, then `env`.
+    Stdio { command: String, args: Vec<String>, pass_env: Vec<String>, env: BTreeMap<String, String> },
     /// A remote Streamable HTTP endpoint.
     Http { url: String, bearer_token: Option<String> },
 }
@@ -508,14 +514,14 @@ fn mcp_servers(
                 if server.bearer_token_env.is_some() {
                     problems.push(format!("mcp server `{name}`: bearer_token_env applies only to a url"));
                 }
-                McpTransport::Stdio { command, args: server.args, env: server.env }
+                McpTransport::Stdio { command, args: server.args, pass_env: server.pass_env, env: server.env }
             }
             (None, Some(url)) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     problems.push(format!("mcp server `{name}`: url `{url}` must start with http:// or https://"));
                 }
-                if !server.args.is_empty() || !server.env.is_empty() {
-                    problems.push(format!("mcp server `{name}`: args and env apply only to a command"));
+                if !server.args.is_empty() || !server.env.is_empty() || !server.pass_env.is_empty() {
+                    problems.push(format!("mcp server `{name}`: args, env and pass_env apply only to a command"));
                 }
                 let bearer_token = match &server.bearer_token_env {
                     Some(variable) => match environment.get(variable) {

@@ -29,6 +29,7 @@ pub mod error;
 pub mod governance;
 pub mod keys;
 pub mod mcp;
+pub mod mcp_transport;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -335,9 +335,9 @@ async fn connect(config: &McpServerConfig) -> Result<Upstream, String> {
         Implementation::new("tollgate-gateway", env!("CARGO_PKG_VERSION")),
     );
     let handshake = match &config.transport {
-        McpTransport::Stdio { command, args, env } => {
-            let mut process = tokio::process::Command::new(command);
-            process.args(args).envs(env).kill_on_drop(true);
+        McpTransport::Stdio { command, args, pass_env, env } => {
+            let process =
+                crate::mcp_transport::stdio_command(command, args, pass_env, env, |name| std::env::var_os(name));
             let (transport, stderr) = TokioChildProcess::builder(process)
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -360,7 +360,9 @@ async fn connect(config: &McpServerConfig) -> Result<Upstream, String> {
             if let Some(token) = bearer_token {
                 transport_config = transport_config.auth_header(token.clone());
             }
-            let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), transport_config);
+            let http = crate::mcp_transport::http_client()
+                .map_err(|error| format!("the HTTP client could not be built: {error}"))?;
+            let transport = StreamableHttpClientTransport::with_client(http, transport_config);
             tokio::time::timeout(HANDSHAKE_TIMEOUT, client.serve(transport)).await
         }
     };
