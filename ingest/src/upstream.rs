@@ -196,8 +196,12 @@ impl UpstreamClient {
     }
 }
 
-/// Response headers not passed back to the client: hop-by-hop headers, and the length
-/// and encoding, which the gateway's own server sets for the body it sends.
+/// Response headers not passed back to the client: hop-by-hop headers; the length and
+/// encoding, which the gateway's own server sets for the body it sends; cookies, which
+/// belong to the gateway's session with the provider, not the client's; and the
+/// provider account the gateway's credential belongs to (`openai-organization`,
+/// `openai-project`, `anthropic-organization-id`), which a client holding a virtual key
+/// has no business learning.
 pub fn is_passed_back(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
@@ -210,5 +214,30 @@ pub fn is_passed_back(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "content-length"
+            | "set-cookie"
+            | "set-cookie2"
+            | "openai-organization"
+            | "openai-project"
+            | "anthropic-organization-id"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail by panicking.
+
+    use super::*;
+
+    #[test]
+    fn cookies_and_the_provider_account_are_not_passed_back() {
+        for name in ["set-cookie", "Set-Cookie", "openai-organization", "openai-project", "anthropic-organization-id"] {
+            let name = HeaderName::try_from(name).unwrap();
+            assert!(!is_passed_back(&name), "{name}");
+        }
+        for name in
+            ["content-type", "x-request-id", "openai-processing-ms", "request-id", "x-ratelimit-remaining-tokens"]
+        {
+            assert!(is_passed_back(&HeaderName::from_static(name)), "{name}");
+        }
+    }
 }
