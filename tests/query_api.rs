@@ -481,16 +481,12 @@ async fn names_that_would_run_as_formulas_are_neutralized_in_csv_exports() {
             tollgate_schemas::Call::ToolCall(call) => call.tool = Some(TOOLS[index % TOOLS.len()].to_owned()),
         }
     }
-    interactions.push({
-        let mut tool = tollgate_processor::testing::tool_call("search", TOOLS[0], tollgate_schemas::OutcomeStatus::Ok);
+    // Every hostile tool name at least once, however the workload fell.
+    interactions.extend(TOOLS.iter().map(|name| {
+        let mut tool = tollgate_processor::testing::tool_call("search", name, tollgate_schemas::OutcomeStatus::Ok);
         tool.time_unix_micros = START;
         tool
-    });
-    interactions.push({
-        let mut tool = tollgate_processor::testing::tool_call("search", TOOLS[1], tollgate_schemas::OutcomeStatus::Ok);
-        tool.time_unix_micros = START;
-        tool
-    });
+    }));
     let (root, log) = archived(dir.path(), &interactions).await;
     let api = serve(&root, log, QueryApiConfig::default()).await;
     let day = "from=2036-11-26&to=2036-11-28";
