@@ -57,10 +57,11 @@ async fn serving_threads_share_connections_record_every_request_and_drain_on_shu
 
     // Connections are handed out in turn. The clients opened at least one each (a client
     // may open another when its next request starts before the last one's connection is
-    // back in its pool), and this scrape one more.
+    // back in its pool). This scrape's own connection is counted once it has been handed
+    // over, which may be just after the thread that serves it has read the counters.
     let by_thread = connections_by_thread(&gateway).await;
     let new: u64 = by_thread.iter().zip(&before).map(|(after, before)| after - before).sum();
-    assert!(new > CONNECTIONS as u64, "{before:?} then {by_thread:?}");
+    assert!(new >= CONNECTIONS as u64, "{before:?} then {by_thread:?}");
     let (fewest, most) = (by_thread.iter().min().unwrap(), by_thread.iter().max().unwrap());
     assert!(most - fewest <= 1, "connections are shared evenly between the threads: {by_thread:?}");
 
