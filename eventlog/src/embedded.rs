@@ -36,11 +36,18 @@ pub struct EmbeddedLogConfig {
     /// Publishes and commits that may wait for the writer before publishing reports
     /// [`LogError::QueueFull`].
     pub queue_capacity: usize,
+    /// The largest record (key and payload) the log accepts; a larger one fails with
+    /// [`LogError::TooLarge`], as Kafka fails one over its `message.max.bytes`.
+    pub max_record_bytes: usize,
 }
+
+/// [`EmbeddedLogConfig::max_record_bytes`] by default: 16 MiB, well above Kafka's
+/// 1 MB default, so that a spool can hold what a broker refused.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
 
 impl EmbeddedLogConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        EmbeddedLogConfig { dir: dir.into(), queue_capacity: 65_536 }
+        EmbeddedLogConfig { dir: dir.into(), queue_capacity: 65_536, max_record_bytes: DEFAULT_MAX_RECORD_BYTES }
     }
 }
 
@@ -60,6 +67,7 @@ struct Shared {
     dir: PathBuf,
     database: PathBuf,
     writes: SyncSender<WriteOp>,
+    max_record_bytes: usize,
     /// Partition count per topic.
     topics: RwLock<HashMap<String, TopicInfo>>,
     /// Bumped by the writer after every commit that appended records.
@@ -137,6 +145,7 @@ impl EmbeddedLog {
             dir: config.dir,
             database,
             writes,
+            max_record_bytes: config.max_record_bytes,
             topics: RwLock::new(topics),
             appended,
             groups: Mutex::new(HashMap::new()),
@@ -164,7 +173,18 @@ impl EmbeddedLog {
         topics.get(name).copied().ok_or_else(|| LogError::UnknownTopic(name.to_owned()))
     }
 
-    fn append(&self, info: TopicInfo, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
+    fn append(
+        &self,
+        topic: &str,
+        info: TopicInfo,
+        partition: i32,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<PendingAck, LogError> {
+        let bytes = key.len() + payload.len();
+        if bytes > self.shared.max_record_bytes {
+            return Err(LogError::TooLarge { topic: topic.to_owned(), bytes });
+        }
         let (ack, done) = oneshot::channel();
         let timestamp_millis = tollgate_schemas::now_unix_micros() / 1000;
         self.enqueue(WriteOp::Append {
@@ -375,7 +395,7 @@ impl EventLog for EmbeddedLog {
 
     fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
         let info = self.topic(topic)?;
-        self.append(info, partition_for_key(key, info.partitions), key, payload)
+        self.append(topic, info, partition_for_key(key, info.partitions), key, payload)
     }
 
     fn publish_to(&self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError> {
@@ -383,7 +403,7 @@ impl EventLog for EmbeddedLog {
         if !(0..info.partitions).contains(&partition) {
             return Err(LogError::UnknownPartition { topic: topic.to_owned(), partition });
         }
-        self.append(info, partition, key, payload)
+        self.append(topic, info, partition, key, payload)
     }
 
     async fn read(&self, topic: &str, partition: i32, from_offset: i64, max: usize) -> Result<Vec<Record>, LogError> {

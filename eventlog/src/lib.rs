@@ -27,7 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
+pub use embedded::{DEFAULT_MAX_RECORD_BYTES, EmbeddedLog, EmbeddedLogConfig};
 pub use follow::Follower;
 pub use kafka::{KafkaConfig, KafkaLog, KafkaProperties};
 use tollgate_schemas::topics::TopicSpec;
@@ -73,6 +73,8 @@ pub enum LogError {
     UnknownTopic(String),
     #[error("topic `{topic}` has no partition {partition}")]
     UnknownPartition { topic: String, partition: i32 },
+    #[error("a record of {bytes} bytes for topic `{topic}` is larger than the log accepts")]
+    TooLarge { topic: String, bytes: usize },
     #[error("the local publish queue is full; retry after the queued events are acknowledged")]
     QueueFull,
     #[error("kafka: {0}")]
@@ -108,6 +110,11 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Never blocks. [`LogError::QueueFull`] means nothing was enqueued: wait for earlier
     /// acks and publish the same event again before any later event with the same key, so
     /// per-key order holds.
+    ///
+    /// A record larger than the log accepts (Kafka's `message.max.bytes`, on the producer
+    /// or the broker; [`EmbeddedLogConfig::max_record_bytes`]) fails with
+    /// [`LogError::TooLarge`], here or through the returned [`PendingAck`]; it is never
+    /// retried, and the events published after it go on.
     fn publish(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<PendingAck, LogError>;
 
     /// Like [`EventLog::publish`], into the given partition instead of the key's. For

@@ -112,6 +112,7 @@ impl Gate {
             // Records published meanwhile see `outstanding > 0` and wait behind this batch.
             let mut refused = 0;
             for held in batch {
+                let held_bytes = held.key.len() + held.payload.len();
                 let mut record = BaseRecord::with_opaque_to(&held.topic, Box::new(held.reply))
                     .key(held.key.as_slice())
                     .payload(held.payload.as_slice());
@@ -120,7 +121,7 @@ impl Gate {
                 }
                 if let Err((error, record)) = producer.send(record) {
                     refused += 1;
-                    let _ = record.delivery_opaque.send(Err(refusal(error, &held.topic, held.partition)));
+                    let _ = record.delivery_opaque.send(Err(refusal(error, &held.topic, held.partition, held_bytes)));
                 }
             }
             if refused == 0 {
@@ -139,13 +140,16 @@ fn record_size(key: &[u8], payload: &[u8]) -> usize {
 
 /// The [`LogError`] for librdkafka's refusal or failure of a record for `topic` (and
 /// `partition`, when one was asked for).
-fn refusal(error: KafkaError, topic: &str, partition: Option<i32>) -> LogError {
+fn refusal(error: KafkaError, topic: &str, partition: Option<i32>, bytes: usize) -> LogError {
     match (error.rdkafka_error_code(), partition) {
         (Some(RDKafkaErrorCode::QueueFull), _) => LogError::QueueFull,
         (Some(RDKafkaErrorCode::UnknownPartition), Some(partition)) => {
             LogError::UnknownPartition { topic: topic.to_owned(), partition }
         }
         (Some(RDKafkaErrorCode::UnknownTopic), _) => LogError::UnknownTopic(topic.to_owned()),
+        // Over the producer's `message.max.bytes` (refused at once) or the broker's (in
+        // the delivery report): the same code either way.
+        (Some(RDKafkaErrorCode::MessageSizeTooLarge), _) => LogError::TooLarge { topic: topic.to_owned(), bytes },
         _ => LogError::Kafka(error),
     }
 }
@@ -166,7 +170,7 @@ impl ProducerContext for GateContext {
             Ok(message) => Ok(Ack { partition: message.partition(), offset: message.offset() }),
             Err((error, message)) => {
                 let partition = (message.partition() >= 0).then(|| message.partition());
-                Err(refusal(error.clone(), message.topic(), partition))
+                Err(refusal(error.clone(), message.topic(), partition, message.payload_len() + message.key_len()))
             }
         };
         // Counted before the publisher hears of it: a record it publishes on hearing goes
@@ -276,7 +280,7 @@ impl GatedProducer {
             Ok(()) => Ok(PendingAck::new(answer)),
             Err((error, _record)) => {
                 state.outstanding -= 1;
-                Err(refusal(error, topic, partition))
+                Err(refusal(error, topic, partition, key.len() + payload.len()))
             }
         }
     }

@@ -25,7 +25,9 @@ struct Embedded {
 
 impl Harness for Embedded {
     fn open(&self) -> Arc<dyn EventLog> {
-        Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(self.dir.path())).unwrap())
+        let mut config = EmbeddedLogConfig::new(self.dir.path());
+        config.max_record_bytes = RECORD_LIMIT;
+        Arc::new(EmbeddedLog::open(config).unwrap())
     }
 }
 
@@ -60,6 +62,9 @@ fn kafka_one_batch() -> Kafka {
 }
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The largest record every harness accepts: librdkafka's default `message.max.bytes`,
+/// and the embedded log set to match.
+const RECORD_LIMIT: usize = 1_000_000;
 
 async fn next_within(subscription: &mut dyn Subscription, limit: Duration) -> Option<Record> {
     match tokio::time::timeout(limit, subscription.next()).await {
@@ -378,6 +383,38 @@ async fn an_unknown_partition_fails_while_a_batch_is_in_flight(harness: &dyn Har
     assert_eq!(payloads, expected);
 }
 
+/// A record over the log's size limit fails as too large, alone or behind records in
+/// flight, and never holds up the records published after it.
+async fn a_record_over_the_size_limit_fails_and_the_next_go_on(harness: &dyn Harness) {
+    let topic = unique_name("large");
+    let log = harness.open();
+    log.ensure_topic(&topic, 1, false).await.unwrap();
+    let large = vec![b'x'; RECORD_LIMIT + 1];
+    let before: Vec<_> =
+        (0..50).map(|n| log.publish(&topic, b"k", format!("before-{n}").as_bytes()).unwrap()).collect();
+    let refused = log.publish(&topic, b"k", &large);
+    let after: Vec<_> = (0..50).map(|n| log.publish(&topic, b"k", format!("after-{n}").as_bytes()).unwrap()).collect();
+    let error = match refused {
+        Err(error) => error,
+        Ok(ack) => tokio::time::timeout(WAIT, ack)
+            .await
+            .expect("the ack of a record over the limit resolves")
+            .expect_err("a record over the size limit was acknowledged"),
+    };
+    assert!(
+        matches!(&error, LogError::TooLarge { topic: named, bytes } if named == &topic && *bytes >= large.len()),
+        "{error:?}"
+    );
+    let mut offsets = Vec::new();
+    for ack in before.into_iter().chain(after) {
+        offsets.push(acknowledged_within(ack).await.offset);
+    }
+    assert_eq!(offsets, (0..100).collect::<Vec<_>>(), "every record but the large one, in order");
+    let stored = log.read(&topic, 0, 0, 1_000).await.unwrap();
+    assert_eq!(stored.len(), 100);
+    assert!(stored.iter().all(|record| record.payload.len() < 100), "the large record was not stored");
+}
+
 async fn a_member_seeks_and_notices_rebalances(harness: &dyn Harness) {
     let topic = unique_name("seek");
     let group = unique_name("group");
@@ -454,6 +491,11 @@ macro_rules! contract_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_member_seeks_and_notices_rebalances() {
                 super::a_member_seeks_and_notices_rebalances(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_record_over_the_size_limit_fails_and_the_next_go_on() {
+                super::a_record_over_the_size_limit_fails_and_the_next_go_on(&$harness).await;
             }
         }
     };

@@ -127,7 +127,14 @@ struct RawCapture {
     /// only), "digests" (sizes and SHA-256 digests, the default), "full" (the text too),
     /// or "redacted" (the text with PII and secrets replaced).
     mode: Option<CaptureMode>,
+    /// The most of each side (request, response) kept as captured text, counted as JSON;
+    /// the rest is cut, with a marker naming the original size. Default 262144. Keep twice
+    /// this, plus 64 KiB, under the log's record limit (Kafka's `message.max.bytes`).
+    max_bytes: Option<usize>,
 }
+
+/// The least `capture.max_bytes` may be: room for the cut marker and some text.
+const MIN_CAPTURE_BYTES: usize = 1024;
 
 /// How much of a call's content goes into its recorded event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -262,6 +269,9 @@ pub struct GatewayConfig {
     pub global_pii: PiiMode,
     pub routing: RoutingConfig,
     pub capture: CaptureMode,
+    /// The most of each side of captured content kept, as JSON (see
+    /// [`tollgate_schemas::limits::bound_captured`]).
+    pub capture_max_bytes: usize,
     pub recording: RecorderConfig,
     /// MCP servers by name.
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
@@ -466,6 +476,10 @@ impl GatewayConfig {
         if recording.spool_after.is_zero() {
             problems.push("recording.spool_after_ms must be greater than zero".to_owned());
         }
+        let capture_max_bytes = raw.capture.max_bytes.unwrap_or(tollgate_schemas::limits::DEFAULT_MAX_CAPTURE_BYTES);
+        if capture_max_bytes < MIN_CAPTURE_BYTES {
+            problems.push(format!("capture.max_bytes must be at least {MIN_CAPTURE_BYTES}"));
+        }
 
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -483,6 +497,7 @@ impl GatewayConfig {
             global_pii,
             routing,
             capture: raw.capture.mode.unwrap_or(CaptureMode::Digests),
+            capture_max_bytes,
             recording,
             mcp_servers,
             mcp_allowed_hosts: raw

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tollgate_schemas::limits;
 use tollgate_schemas::pricing::PriceCatalog;
 use tollgate_schemas::{
     Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, ModelCall, Nanodollars, Outcome, OutcomeStatus,
@@ -27,22 +28,32 @@ pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The response side as it went to the client: size, digest, and text when captured.
+/// The response side as it went to the client: size, digest, and text when captured
+/// (its first [`kept_bytes`] only).
 #[derive(Debug)]
 pub struct ResponseTap {
     mode: CaptureMode,
     bytes: u64,
     hasher: Option<Sha256>,
     text: Option<Vec<u8>>,
+    keep: usize,
+}
+
+/// How much of a body is kept for capture when `max_bytes` of its text are recorded: the
+/// recorded text is at most that as JSON, which is never shorter than the raw text, and
+/// redaction may shorten it; the rest is slack so a secret at the cut is still found.
+fn kept_bytes(max_bytes: usize) -> usize {
+    max_bytes.saturating_mul(2).saturating_add(4096)
 }
 
 impl ResponseTap {
-    pub fn new(mode: CaptureMode) -> Self {
+    pub fn new(mode: CaptureMode, max_bytes: usize) -> Self {
         ResponseTap {
             mode,
             bytes: 0,
             hasher: (mode != CaptureMode::Off).then(Sha256::new),
             text: matches!(mode, CaptureMode::Full | CaptureMode::Redacted).then(Vec::new),
+            keep: kept_bytes(max_bytes),
         }
     }
 
@@ -53,7 +64,8 @@ impl ResponseTap {
             hasher.update(bytes);
         }
         if let Some(text) = &mut self.text {
-            text.extend_from_slice(bytes);
+            let room = self.keep.saturating_sub(text.len());
+            text.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
     }
 }
@@ -63,6 +75,7 @@ impl ResponseTap {
 pub struct Draft {
     state: Arc<GatewayState>,
     capture: CaptureMode,
+    capture_max_bytes: usize,
     pub id: Uuid,
     pub started: Instant,
     time_unix_micros: i64,
@@ -134,6 +147,7 @@ impl Draft {
     ) -> Self {
         Draft {
             capture: state.config.capture,
+            capture_max_bytes: state.config.capture_max_bytes,
             state,
             id: Uuid::now_v7(),
             started,
@@ -160,8 +174,9 @@ impl Draft {
         }
     }
 
-    pub fn capture(&self) -> CaptureMode {
-        self.capture
+    /// A tap for this call's response, capturing as the call's policy says.
+    pub fn response_tap(&self) -> ResponseTap {
+        ResponseTap::new(self.capture, self.capture_max_bytes)
     }
 
     /// Takes in the request body as received.
@@ -170,7 +185,7 @@ impl Draft {
         if self.capture != CaptureMode::Off {
             self.request_sha256 = Some(hex::encode(Sha256::digest(body)));
         }
-        self.request_text = capture_text(self.capture, body);
+        self.request_text = captured(self.capture, body, self.capture_max_bytes);
     }
 
     /// Records the call with `ending` and what was sent back, consuming the draft.
@@ -193,7 +208,12 @@ impl Draft {
             }
         });
         let response_sha256 = response.hasher.map(|hasher| hex::encode(hasher.finalize()));
-        let response_text = response.text.and_then(|text| capture_text(response.mode, &text));
+        let response_text = response.text.and_then(|text| {
+            let (mut text, redacted) = capture_text(response.mode, &text)?;
+            let cut = response.bytes > u64::try_from(response.keep).unwrap_or(u64::MAX);
+            limits::bound_captured(&mut text, self.capture_max_bytes, response.bytes, cut);
+            Some((text, redacted))
+        });
         let captured = self.request_text.map(|(request, request_redacted)| {
             let response_redacted = response_text.as_ref().is_some_and(|(_, redacted)| *redacted);
             CapturedContent {
@@ -202,7 +222,7 @@ impl Draft {
                 redacted: request_redacted || response_redacted,
             }
         });
-        let interaction = Interaction {
+        let mut interaction = Interaction {
             schema_version: SCHEMA_VERSION,
             id: self.id,
             time_unix_micros: self.time_unix_micros,
@@ -246,6 +266,7 @@ impl Draft {
             },
             trace: Some(self.trace),
         };
+        interaction.enforce_bounds(self.capture_max_bytes);
         let metrics = &self.state.metrics;
         metrics
             .requests
@@ -257,6 +278,16 @@ impl Draft {
             admission.settle(cost, receipt);
         }
     }
+}
+
+/// The captured text of a request `body` under `mode`, bounded to `max_bytes` as JSON,
+/// and whether anything was redacted.
+fn captured(mode: CaptureMode, body: &[u8], max_bytes: usize) -> Option<(String, bool)> {
+    let keep = kept_bytes(max_bytes);
+    let (mut text, redacted) = capture_text(mode, &body[..body.len().min(keep)])?;
+    let original = u64::try_from(body.len()).unwrap_or(u64::MAX);
+    limits::bound_captured(&mut text, max_bytes, original, body.len() > keep);
+    Some((text, redacted))
 }
 
 /// The text to keep under `mode`, and whether anything was redacted.

@@ -50,11 +50,12 @@ use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, Service
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tollgate_schemas::limits::{MAX_ID_BYTES, MAX_NAME_BYTES};
 use tollgate_schemas::{GenAiOperation, OutcomeStatus, ToolCall};
 
 use crate::app::GatewayState;
 use crate::config::{McpServerConfig, McpTransport};
-use crate::draft::{Draft, Ending, ResponseTap, trace_context};
+use crate::draft::{Draft, Ending, trace_context};
 use crate::keys::VirtualKey;
 use crate::policy::{PiiMode, guard_json};
 
@@ -467,7 +468,7 @@ impl Governed {
         result: Result<T, Failure>,
         describe: impl Fn(&T) -> (OutcomeStatus, Vec<u8>),
     ) -> Result<T, McpError> {
-        let mut tap = ResponseTap::new(served.draft.capture());
+        let mut tap = served.draft.response_tap();
         let outcome = match &result {
             Ok(value) => {
                 let (status, bytes) = describe(value);
@@ -915,6 +916,9 @@ fn check_message(body: &[u8]) -> Result<Checked, Refused> {
         return refuse(codes::INVALID_REQUEST, "`id` must be a string or an integer");
     }
     match object.get("method") {
+        Some(Value::String(name)) if name.len() > MAX_NAME_BYTES => {
+            return refuse(codes::INVALID_REQUEST, &format!("`method` is longer than {MAX_NAME_BYTES} bytes"));
+        }
         Some(Value::String(name)) if !name.is_empty() => {}
         Some(_) => return refuse(codes::INVALID_REQUEST, "`method` must be a non-empty string"),
         None => {
@@ -942,6 +946,17 @@ fn check_message(body: &[u8]) -> Result<Checked, Refused> {
                 .then(|| object.get("params").and_then(|params| params.get("name")).and_then(Value::as_str))
                 .flatten()
                 .map(str::to_owned);
+            if let Some(tool) = &tool
+                && tool.len() > MAX_NAME_BYTES
+            {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    echo,
+                    codes::INVALID_PARAMS,
+                    format!("Invalid params: the tool name is longer than {MAX_NAME_BYTES} bytes"),
+                    Some(method),
+                ));
+            }
             Ok(Checked::Request { method, tool })
         }
         _ => Ok(Checked::Other),
@@ -971,6 +986,24 @@ pub async fn handle(State(state): State<Arc<GatewayState>>, Path(name): Path<Str
     let caller = Caller { key, started, recorded: Arc::new(AtomicBool::new(false)) };
     let (mut parts, body) = request.into_parts();
     parts.extensions.insert(caller.clone());
+
+    if let Some(session) = parts.headers.get("mcp-session-id")
+        && session.len() > MAX_ID_BYTES
+    {
+        let message = format!("Invalid Request: the Mcp-Session-Id header is longer than {MAX_ID_BYTES} bytes");
+        record_refusal(
+            &state,
+            &name,
+            &caller,
+            &parts.headers,
+            None,
+            None,
+            &[],
+            OutcomeStatus::InvalidRequest,
+            &message,
+        );
+        return jsonrpc_error(StatusCode::BAD_REQUEST, Value::Null, codes::INVALID_REQUEST, message);
+    }
 
     if parts.method != Method::POST {
         // GET (the server's stream) and DELETE (end of session) carry no message.
@@ -1103,7 +1136,7 @@ fn record_refusal(
     let session_id = headers.get("mcp-session-id").and_then(|value| value.to_str().ok()).map(str::to_owned);
     draft.tool = Some(ToolCall { server: server.to_owned(), method: method.unwrap_or_default(), tool, session_id });
     draft.set_request(body);
-    let mut tap = ResponseTap::new(draft.capture());
+    let mut tap = draft.response_tap();
     tap.sent(message.as_bytes());
     caller.recorded.store(true, Ordering::Release);
     draft.finish(Ending::new(status, None).with_error("invalid_request", message), tap);

@@ -14,6 +14,7 @@
 //! | `tollgate_gateway_events_spooled_total` | counter | |
 //! | `tollgate_gateway_events_drained_total` | counter | |
 //! | `tollgate_gateway_events_dropped_total` | counter | |
+//! | `tollgate_gateway_events_dead_lettered_total` | counter | |
 //! | `tollgate_gateway_spool_events` | gauge | |
 //! | `tollgate_gateway_spooling` | gauge (0/1) | |
 //! | `tollgate_gateway_quota_decisions_applied_total` | counter | |
@@ -133,6 +134,11 @@ impl Collector for StateCollector {
             ("events_spooled", "Events written to the local spool while the log was unreachable", stats.spooled),
             ("events_drained", "Spooled events forwarded to the log", stats.drained),
             ("events_dropped", "Events lost (no spool, full spool failing open, or encoding fault)", stats.dropped),
+            (
+                "events_dead_lettered",
+                "Events larger than the log accepts, published to the dead-letter topic in a reduced form",
+                stats.dead_lettered,
+            ),
             ("quota_decisions_applied", "Quota decisions applied", applied),
             ("quota_decisions_rejected", "Quota decisions ignored: undecodable or not newer", rejected),
         ];

@@ -30,7 +30,7 @@ use tollgate_schemas::{BreakerTransition, GenAiOperation, MAX_HEALTH_REASON_BYTE
 use crate::app::GatewayState;
 use crate::breaker::BreakerChange;
 use crate::config::{Target, UpstreamKind};
-use crate::draft::{Draft, Ending, ResponseTap, trace_context};
+use crate::draft::{Draft, Ending, trace_context};
 use crate::error::{ApiError, Dialect, ErrorClass};
 use crate::metrics::{AttemptLabels, RequestLabels, RouteLabels};
 use crate::policy::{PiiMode, guard_prompt};
@@ -174,7 +174,7 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
             return refuse(draft, dialect, error, OutcomeStatus::BlockedByPolicy);
         }
         Err(BodyError::Read(message)) => {
-            let tap = ResponseTap::new(draft.capture());
+            let tap = draft.response_tap();
             draft.finish(
                 Ending::new(OutcomeStatus::ClientDisconnected, None).with_error("client_disconnected", message),
                 tap,
@@ -369,7 +369,7 @@ fn refuse(draft: Draft, dialect: Dialect, error: ApiError, status: OutcomeStatus
     let error_type = error.code.map_or_else(|| status.as_str().to_owned(), str::to_owned);
     let ending = Ending::new(status, Some(error.status().as_u16())).with_error(error_type, error.message.clone());
     let body = serde_json::to_vec(&error.body(dialect)).unwrap_or_default();
-    let mut tap = ResponseTap::new(draft.capture());
+    let mut tap = draft.response_tap();
     tap.sent(&body);
     draft.finish(ending, tap);
     with_interaction_id((error.status(), [(header::CONTENT_TYPE, "application/json")], body).into_response(), id)
@@ -535,7 +535,7 @@ async fn forward(
             let ending = Ending::new(OutcomeStatus::UpstreamError, Some(status.as_u16()))
                 .with_error("upstream_error", error_message);
             let id = draft.id;
-            let mut tap = ResponseTap::new(draft.capture());
+            let mut tap = draft.response_tap();
             tap.sent(&body);
             draft.finish(ending, tap);
             with_interaction_id(passthrough(status, &headers, body), id)
@@ -748,7 +748,7 @@ fn complete(
             estimate_complete(request_body, &parsed)
         });
     }
-    let mut tap = ResponseTap::new(draft.capture());
+    let mut tap = draft.response_tap();
     tap.sent(&body);
     draft.finish(ending, tap);
     with_interaction_id(passthrough(status, headers, body), id)

@@ -12,6 +12,13 @@
 //! direct events are acknowledged, and the switch back happens only when the spool is
 //! empty, events of one key reach the log in the order they were recorded.
 //!
+//! An event the log refuses as larger than it accepts ([`LogError::TooLarge`]) can never
+//! be published, however often it is retried: it goes to the dead-letter topic instead, in
+//! a reduced form (without its captured content, see [`DeadLetter::too_large`]), and the
+//! events after it go on. The gateway bounds every field of an event (see
+//! [`tollgate_schemas::limits`]), so this takes a log whose record limit is below the
+//! capture policy's.
+//!
 //! The producer must not give up on events by itself (the gateway sets the Kafka
 //! producer's `message.timeout.ms` to 0, unlimited): an event it dropped on a timeout
 //! would be spooled behind newer ones. An event the log rejects outright is spooled too.
@@ -27,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tollgate_eventlog::{EventLog, LogError, PendingAck};
-use tollgate_schemas::topics::{INTERACTIONS, Keyed, UPSTREAM_HEALTH};
-use tollgate_schemas::{Interaction, UpstreamHealth};
+use tollgate_schemas::topics::{DEAD_LETTER, INTERACTIONS, Keyed, UPSTREAM_HEALTH};
+use tollgate_schemas::{DeadLetter, Interaction, SourceOffset, UpstreamHealth};
 
 use crate::quota::{Placement, Receipt};
 
@@ -51,6 +58,10 @@ pub const SPOOL_TOPIC: &str = "tollgate.gateway-spool";
 const SPOOL_GROUP: &str = "gateway-spool-drainer";
 /// Events forwarded from the spool before waiting for their acknowledgements.
 const DRAIN_BATCH: usize = 512;
+/// The consumer group named in the gateway's dead letters.
+const RECORDER_GROUP: &str = "gateway-recorder";
+/// The most of an oversized event a dead letter keeps (before base64).
+const DEAD_LETTER_KEPT_BYTES: usize = 64 * 1024;
 
 /// What to do when the spool is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -96,6 +107,8 @@ pub struct RecorderStats {
     pub drained: u64,
     /// Events lost: no spool, or a full spool failing open, or an encoding fault.
     pub dropped: u64,
+    /// Events the log refused as too large, published as dead letters instead.
+    pub dead_lettered: u64,
     /// Whether new events currently go to the spool.
     pub spooling: bool,
 }
@@ -126,6 +139,7 @@ struct Inner {
     spooled: AtomicU64,
     drained: AtomicU64,
     dropped: AtomicU64,
+    dead_lettered: AtomicU64,
     /// When an acknowledgement last arrived (or the first outstanding event was sent).
     last_progress: Mutex<Instant>,
     changed: Notify,
@@ -158,6 +172,7 @@ impl Recorder {
                 spooled: AtomicU64::new(0),
                 drained: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                dead_lettered: AtomicU64::new(0),
                 last_progress: Mutex::new(Instant::now()),
                 changed: Notify::new(),
                 closed: AtomicBool::new(false),
@@ -231,6 +246,7 @@ impl Recorder {
             spooled: inner.spooled.load(Ordering::Relaxed),
             drained: inner.drained.load(Ordering::Relaxed),
             dropped: inner.dropped.load(Ordering::Relaxed),
+            dead_lettered: inner.dead_lettered.load(Ordering::Relaxed),
             spooling: inner.spooling.load(Ordering::Relaxed),
         }
     }
@@ -287,6 +303,18 @@ impl Inner {
                     self.track(pending, key, payload, receipt);
                     return;
                 }
+                Err(error @ LogError::TooLarge { .. }) => {
+                    // Its spend is counted locally for a while, as a spooled event's is.
+                    let _ = receipt.set(Placement::Spooled);
+                    self.in_flight.fetch_add(1, Ordering::SeqCst);
+                    let inner = Arc::clone(self);
+                    self.runtime.spawn(async move {
+                        inner.dead_letter_or_spool(&key, &payload, &error).await;
+                        inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        inner.changed.notify_waiters();
+                    });
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "the log refused an interaction; switching to the spool");
                     self.start_spooling();
@@ -318,6 +346,11 @@ impl Inner {
                         *last = Instant::now();
                     }
                 }
+                Err(error @ LogError::TooLarge { .. }) => {
+                    let _ = receipt.set(Placement::Spooled);
+                    inner.dead_letter_or_spool(&key, &payload, &error).await;
+                    inner.direct_failed.fetch_add(1, Ordering::SeqCst);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "the log failed an interaction; switching to the spool");
                     inner.start_spooling();
@@ -329,6 +362,56 @@ impl Inner {
             inner.in_flight.fetch_sub(1, Ordering::SeqCst);
             inner.changed.notify_waiters();
         });
+    }
+
+    /// Publishes a dead letter for an interaction the log refused with `error` (too
+    /// large), read at `source`, and waits until the log has it.
+    async fn dead_letter(
+        &self,
+        source: SourceOffset,
+        key: &[u8],
+        payload: &[u8],
+        error: &LogError,
+    ) -> Result<(), LogError> {
+        let letter = DeadLetter::too_large(
+            source,
+            RECORDER_GROUP,
+            Some(key),
+            payload,
+            error.to_string(),
+            DEAD_LETTER_KEPT_BYTES,
+        );
+        let encoded = tollgate_schemas::encode(&letter).map_err(|error| LogError::Config(error.to_string()))?;
+        let letter_key = letter.message_key();
+        tollgate_eventlog::publish_and_wait(self.log.as_ref(), DEAD_LETTER, letter_key.as_bytes(), &encoded).await?;
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            %error,
+            dead_letter = %letter.id,
+            "an interaction larger than the log accepts was published to the dead-letter topic without its \
+             captured content; lower `capture.max_bytes` or raise the log's record limit"
+        );
+        Ok(())
+    }
+
+    /// [`Inner::dead_letter`] for a directly published interaction. Should the dead letter
+    /// fail too, the interaction goes to the spool, whose drainer tries again; without a
+    /// spool it is dropped.
+    async fn dead_letter_or_spool(self: &Arc<Self>, key: &[u8], payload: &[u8], error: &LogError) {
+        // Never read from a log: no position.
+        let source = SourceOffset { topic: INTERACTIONS.to_owned(), partition: -1, offset: -1 };
+        match self.dead_letter(source, key, payload, error).await {
+            Ok(()) => {}
+            Err(LogError::TooLarge { .. }) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("even the reduced dead letter of an oversized interaction is too large; dropped");
+            }
+            Err(failure) => {
+                tracing::warn!(%failure, "the dead letter of an oversized interaction failed; spooling it");
+                self.start_spooling();
+                self.append_to_spool(key, payload);
+            }
+        }
     }
 
     fn start_spooling(&self) {
@@ -450,7 +533,7 @@ async fn drain(inner: Arc<Inner>, mut subscription: Box<dyn tollgate_eventlog::S
             if inner.closed.load(Ordering::SeqCst) {
                 return;
             }
-            match forward(inner.log.as_ref(), &batch).await {
+            match forward(&inner, &batch).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
                     break;
@@ -473,20 +556,45 @@ async fn drain(inner: Arc<Inner>, mut subscription: Box<dyn tollgate_eventlog::S
     }
 }
 
-async fn forward(log: &dyn EventLog, batch: &[tollgate_eventlog::Record]) -> Result<(), LogError> {
+/// Forwards `batch` to the log and waits for every acknowledgement. An event the log
+/// refuses as too large is dead-lettered instead; any other failure fails the batch.
+async fn forward(inner: &Inner, batch: &[tollgate_eventlog::Record]) -> Result<(), LogError> {
+    let log = inner.log.as_ref();
     let mut pending = Vec::with_capacity(batch.len());
     for record in batch {
         let key = record.key.as_deref().unwrap_or_default();
-        let ack = loop {
+        let published = loop {
             match log.publish(INTERACTIONS, key, &record.payload) {
                 Err(LogError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
-                other => break other?,
+                other => break other,
             }
         };
-        pending.push(ack);
+        pending.push((record, published));
     }
-    for ack in pending {
-        ack.await?;
+    for (record, published) in pending {
+        let acknowledged = match published {
+            Ok(ack) => ack.await.map(drop),
+            Err(error) => Err(error),
+        };
+        match acknowledged {
+            Ok(()) => {}
+            Err(error @ LogError::TooLarge { .. }) => {
+                let source =
+                    SourceOffset { topic: SPOOL_TOPIC.to_owned(), partition: record.partition, offset: record.offset };
+                let key = record.key.as_deref().unwrap_or_default();
+                match inner.dead_letter(source, key, &record.payload, &error).await {
+                    Ok(()) => {}
+                    Err(LogError::TooLarge { .. }) => {
+                        inner.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            "even the reduced dead letter of an oversized interaction is too large; dropped"
+                        );
+                    }
+                    Err(failure) => return Err(failure),
+                }
+            }
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
 }

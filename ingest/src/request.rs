@@ -8,6 +8,7 @@
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
+use tollgate_schemas::limits::MAX_NAME_BYTES;
 
 use crate::error::{ApiError, ErrorClass};
 
@@ -168,6 +169,10 @@ fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 fn required_model(body: &Map<String, Value>) -> Result<String, ApiError> {
     match body.get("model") {
+        Some(Value::String(model)) if model.len() > MAX_NAME_BYTES => Err(ApiError::invalid(
+            "model",
+            format!("'model' is {} bytes long; model names are at most {MAX_NAME_BYTES} bytes.", model.len()),
+        )),
         Some(Value::String(model)) if !model.trim().is_empty() => Ok(model.clone()),
         Some(Value::String(_)) => Err(ApiError::invalid("model", "'model' must not be empty.")),
         None | Some(Value::Null) => Err(ApiError::invalid("model", "You must provide a model parameter.")),
@@ -254,6 +259,7 @@ mod tests {
             (json!({"messages": [{"role": "user", "content": "x"}]}), "model"),
             (json!({"model": 5, "messages": [{"role": "user"}]}), "model"),
             (json!({"model": " ", "messages": [{"role": "user"}]}), "model"),
+            (json!({"model": "m".repeat(MAX_NAME_BYTES + 1), "messages": [{"role": "user"}]}), "model"),
             (json!({"model": "m"}), "messages"),
             (json!({"model": "m", "messages": "hello"}), "messages"),
             (json!({"model": "m", "messages": []}), "messages"),

@@ -69,7 +69,7 @@ impl MeteredStream {
             framer: SseFramer::default(),
             tally: StreamTally::default(),
             request_body,
-            tap: Some(ResponseTap::new(draft.capture())),
+            tap: Some(draft.response_tap()),
             stream_started: Instant::now(),
             first_byte: None,
             idle_timeout,
@@ -135,7 +135,7 @@ impl MeteredStream {
         ending.usage = self.tally.usage_or_estimate(|| crate::usage::prompt_text(&self.request_body), complete);
         ending.response_model = self.tally.response_model.clone();
         ending.time_to_first_token = self.first_byte.map(|first| first.duration_since(draft.started));
-        let tap = self.tap.take().unwrap_or_else(|| ResponseTap::new(draft.capture()));
+        let tap = self.tap.take().unwrap_or_else(|| draft.response_tap());
         draft.finish(ending, tap);
     }
 }

@@ -9,6 +9,7 @@ mod support;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use support::{TEAM_KEY, TestGateway, http, json_value};
+use tollgate_schemas::limits::{MAX_ID_BYTES, MAX_NAME_BYTES};
 use tollgate_schemas::{Call, OutcomeStatus};
 
 /// An MCP server that is never reached: everything here is refused before it.
@@ -55,7 +56,22 @@ async fn post(
 async fn malformed_json_rpc_gets_the_prescribed_codes() {
     let mut gateway = TestGateway::start_with(CONFIG, None, None).await;
     let batch: Vec<Value> = (0..1_000).map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "ping"})).collect();
+    let long_method = json!({"jsonrpc": "2.0", "id": 9, "method": "m".repeat(MAX_NAME_BYTES + 1)});
+    let long_tool = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+        "params": {"name": "t".repeat(MAX_NAME_BYTES + 1), "arguments": {}}});
+    let long_session: &'static str = "s".repeat(MAX_ID_BYTES + 1).leak();
+    let long_session_header: &'static [(&'static str, &'static str)] = vec![("mcp-session-id", long_session)].leak();
     let cases: Vec<Case> = vec![
+        ("method too long", serde_json::to_vec(&long_method).unwrap(), &[], 400, -32600, json!(9)),
+        ("tool name too long", serde_json::to_vec(&long_tool).unwrap(), &[], 400, -32602, json!(10)),
+        (
+            "session id too long",
+            br#"{"jsonrpc":"2.0","id":11,"method":"tools/list"}"#.to_vec(),
+            long_session_header,
+            400,
+            -32600,
+            Value::Null,
+        ),
         ("bad JSON", b"{\"jsonrpc\": \"2.0\", ".to_vec(), &[], 400, -32700, Value::Null),
         ("invalid UTF-8", vec![0x7b, 0xff, 0xfe, 0x7d], &[], 400, -32700, Value::Null),
         ("not an object", b"\"hello\"".to_vec(), &[], 400, -32600, Value::Null),
@@ -119,6 +135,9 @@ async fn malformed_json_rpc_gets_the_prescribed_codes() {
         assert_eq!(event.outcome.status, OutcomeStatus::InvalidRequest, "{event:?}");
         let Call::ToolCall(call) = &event.call else { panic!("{event:?}") };
         assert_eq!(call.server, "remote");
+        assert!(call.method.len() <= MAX_NAME_BYTES, "recorded cut: {}", call.method.len());
+        assert!(call.tool.as_ref().is_none_or(|tool| tool.len() <= MAX_NAME_BYTES));
+        assert!(call.session_id.as_ref().is_none_or(|session| session.len() <= MAX_ID_BYTES));
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tollgate_eventlog::{EventLog, Position, Record};
+use tollgate_eventlog::{EventLog, LogError, Position, Record};
 use tollgate_schemas::pricing::{PriceCatalog, PriceCatalogDocument};
 use tollgate_schemas::topics::{GOVERNANCE, INTERACTIONS, Keyed, PRICED_INTERACTIONS};
 use tollgate_schemas::{
@@ -177,8 +177,17 @@ async fn interaction_record(
         spend.add(record.partition, &priced.interaction.principal, entry);
     }
     let payload = priced_payload(&record.payload, &priced);
-    outputs.raw(log, PRICED_INTERACTIONS, priced.message_key().as_bytes(), &payload).await?;
-    Ok(())
+    match outputs.raw(log, PRICED_INTERACTIONS, priced.message_key().as_bytes(), &payload).await {
+        Ok(()) => Ok(()),
+        // An interaction the log took whose priced form it refuses (within a few hundred
+        // bytes of the limit): retrying would stop the stage for good. Its spend is counted
+        // above; the archive misses it, and the dead letter says so.
+        Err(error @ LogError::TooLarge { .. }) => {
+            let error = format!("its priced form: {error}");
+            reject(log, metrics, group, record, outputs, DeadLetterReason::TooLarge, error).await
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The spend of one batch: one update per subject and source partition, each with the
@@ -354,12 +363,7 @@ async fn reject(
 }
 
 pub(crate) fn reason_label(reason: DeadLetterReason) -> &'static str {
-    match reason {
-        DeadLetterReason::NotJson => "not_json",
-        DeadLetterReason::UnsupportedSchemaVersion => "unsupported_schema_version",
-        DeadLetterReason::InvalidEvent => "invalid_event",
-        DeadLetterReason::ProcessingFailed => "processing_failed",
-    }
+    reason.as_str()
 }
 
 /// Sets the lag gauge of every owned partition from the log's end offsets.

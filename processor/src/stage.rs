@@ -104,11 +104,22 @@ impl Outputs {
     }
 }
 
+/// The most of a record a dead letter keeps when the record's output was too large for
+/// the log (before base64).
+const TOO_LARGE_KEPT_BYTES: usize = 64 * 1024;
+
 /// A dead letter for `record`, with an id derived from where the record was, so a record
-/// processed twice is dead-lettered once.
+/// processed twice is dead-lettered once. For [`DeadLetterReason::TooLarge`] it keeps a
+/// reduced form of the record (see [`DeadLetter::too_large`]).
 pub fn dead_letter(record: &Record, group: &str, reason: DeadLetterReason, error: String) -> DeadLetter {
     let source = SourceOffset { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
-    let mut letter = DeadLetter::new(source, group, record.key.as_deref(), &record.payload, reason, error);
+    let key = record.key.as_deref();
+    let mut letter = match reason {
+        DeadLetterReason::TooLarge => {
+            DeadLetter::too_large(source, group, key, &record.payload, error, TOO_LARGE_KEPT_BYTES)
+        }
+        _ => DeadLetter::new(source, group, key, &record.payload, reason, error),
+    };
     letter.id = derived_id(
         record.timestamp_millis.saturating_mul(1000),
         &[

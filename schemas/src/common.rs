@@ -20,16 +20,6 @@ pub fn now_unix_micros() -> i64 {
 /// An output derived from an input (a violation found in an interaction, an anomaly of a
 /// team in one time bucket) gets the same id however often it is derived, so a replay
 /// or a crash never makes a second record of it: sinks write by id.
-/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character
-/// boundary.
-pub fn prefix_within(text: &str, max_bytes: usize) -> &str {
-    let mut end = text.len().min(max_bytes);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 pub fn derived_id(time_unix_micros: i64, parts: &[&[u8]]) -> uuid::Uuid {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();

@@ -27,6 +27,30 @@ pub struct DeadLetter {
     pub reason: DeadLetterReason,
     /// The decode or processing error, in words.
     pub error: String,
+    /// Present when the message was too large to keep whole (reason `too_large`):
+    /// `payload_base64` then holds the reduced form described here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalMessage>,
+}
+
+/// The message a reduced dead letter stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OriginalMessage {
+    /// The original payload's size.
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the original payload.
+    pub sha256: String,
+    /// What `payload_base64` keeps of it.
+    pub kept: KeptPart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeptPart {
+    /// The event as it was, without `content.captured`: every fact but the captured text.
+    WithoutCapturedContent,
+    /// The first bytes of the payload (not valid JSON by itself).
+    Prefix,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -40,6 +64,21 @@ pub enum DeadLetterReason {
     InvalidEvent,
     /// Decoded, but processing failed permanently.
     ProcessingFailed,
+    /// The log refused the message as larger than it accepts.
+    TooLarge,
+}
+
+impl DeadLetterReason {
+    /// The reason as it is encoded, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::NotJson => "not_json",
+            DeadLetterReason::UnsupportedSchemaVersion => "unsupported_schema_version",
+            DeadLetterReason::InvalidEvent => "invalid_event",
+            DeadLetterReason::ProcessingFailed => "processing_failed",
+            DeadLetterReason::TooLarge => "too_large",
+        }
+    }
 }
 
 impl DeadLetter {
@@ -70,6 +109,36 @@ impl DeadLetter {
             payload_base64: engine.encode(payload),
             reason,
             error: error.into(),
+            original: None,
         }
+    }
+
+    /// Builds a dead letter for a message the log refused as too large, keeping at most
+    /// `max_kept_bytes` of it: the event without its captured content when that fits,
+    /// else the payload's first bytes.
+    pub fn too_large(
+        source: SourceOffset,
+        consumer_group: impl Into<String>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        error: impl Into<String>,
+        max_kept_bytes: usize,
+    ) -> Self {
+        use sha2::{Digest, Sha256};
+        let slim = serde_json::from_slice::<serde_json::Value>(payload).ok().and_then(|mut event| {
+            event.get_mut("content")?.as_object_mut()?.remove("captured");
+            serde_json::to_vec(&event).ok().filter(|slim| slim.len() <= max_kept_bytes)
+        });
+        let (kept, part) = match slim {
+            Some(slim) => (slim, KeptPart::WithoutCapturedContent),
+            None => (payload[..payload.len().min(max_kept_bytes)].to_vec(), KeptPart::Prefix),
+        };
+        let mut letter = DeadLetter::new(source, consumer_group, key, &kept, DeadLetterReason::TooLarge, error);
+        letter.original = Some(OriginalMessage {
+            bytes: u64::try_from(payload.len()).unwrap_or(u64::MAX),
+            sha256: hex::encode(Sha256::digest(payload)),
+            kept: part,
+        });
+        letter
     }
 }

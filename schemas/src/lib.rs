@@ -34,6 +34,7 @@ mod governance;
 mod health;
 mod interaction;
 pub mod json_schema;
+pub mod limits;
 mod priced;
 pub mod pricing;
 mod quota;
@@ -43,10 +44,8 @@ mod violation;
 pub use access::{AccessEvent, MAX_ACCESS_QUERY_BYTES, cut_access_query};
 pub use budget::{BudgetSpec, SpendEntry, SubjectChange, SubjectUpdate};
 pub use codec::{DecodeError, EncodeError, Event, decode, encode};
-pub use common::{
-    Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros, prefix_within,
-};
-pub use dead_letter::{DeadLetter, DeadLetterReason};
+pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros};
+pub use dead_letter::{DeadLetter, DeadLetterReason, KeptPart, OriginalMessage};
 pub use directory::{
     Directory, PiiGuardMode, ProviderKind, ProviderModelSpec, ProviderSpec, TeamPolicySpec, VirtualKeySpec,
 };
@@ -56,6 +55,7 @@ pub use interaction::{
     Call, CapturedContent, ContentRecord, GenAiOperation, Interaction, InteractionKind, ModelCall, Outcome,
     OutcomeStatus, Timing, ToolCall, TraceContext, Usage,
 };
+pub use limits::prefix_within;
 pub use priced::{Cost, PricedInteraction};
 pub use quota::{BudgetWindow, QuotaDecision, QuotaState, WindowKind};
 pub use violation::{Detector, PolicyViolation, Severity, ViolationAction};

@@ -144,6 +144,45 @@ fn dead_letter_keeps_payload_bytes_exactly() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// A message too large for the log keeps every fact but its captured text when that
+    /// fits, else its first bytes; either way its size and digest name the original.
+    #[test]
+    fn an_oversized_message_is_dead_lettered_in_a_reduced_form(mut interaction in strategies::interaction()) {
+        use sha2::{Digest, Sha256};
+        use tollgate_schemas::{DeadLetter, KeptPart, SourceOffset};
+        interaction.content.captured =
+            Some(tollgate_schemas::CapturedContent { request: "x".repeat(200_000), response: None, redacted: false });
+        let payload = encode(&interaction).unwrap();
+        let source = SourceOffset { topic: "spool".into(), partition: 0, offset: 7 };
+        let letter = DeadLetter::too_large(source.clone(), "gateway", Some(b"k"), &payload, "too large", 100_000);
+        prop_assert_eq!(letter.reason, tollgate_schemas::DeadLetterReason::TooLarge);
+        let original = letter.original.clone().unwrap();
+        prop_assert_eq!(original.bytes, payload.len() as u64);
+        prop_assert_eq!(original.sha256, hex::encode(Sha256::digest(&payload)));
+        prop_assert_eq!(original.kept, KeptPart::WithoutCapturedContent);
+        let mut slim: tollgate_schemas::Interaction = decode(&letter.payload().unwrap()).unwrap();
+        prop_assert!(slim.content.captured.is_none());
+        slim.content.captured = interaction.content.captured.clone();
+        prop_assert_eq!(slim, interaction, "nothing but the captured content was left out");
+        let decoded: DeadLetter = decode(&encode(&letter).unwrap()).unwrap();
+        prop_assert_eq!(decoded, letter, "the reduced form round-trips");
+
+        let prefix = DeadLetter::too_large(source, "gateway", None, &payload, "too large", 100);
+        prop_assert_eq!(prefix.original.as_ref().map(|original| original.kept), Some(KeptPart::Prefix));
+        prop_assert_eq!(prefix.payload().unwrap(), payload[..100].to_vec());
+    }
+}
+
+#[test]
+fn dead_letter_reasons_are_labelled_as_they_are_encoded() {
+    use tollgate_schemas::DeadLetterReason::*;
+    for reason in [NotJson, UnsupportedSchemaVersion, InvalidEvent, ProcessingFailed, TooLarge] {
+        assert_eq!(serde_json::to_value(reason).unwrap(), serde_json::Value::from(reason.as_str()));
+    }
+}
+
+proptest! {
     /// A batch written before a nullable column existed (an older archive file) still
     /// reads: the events read the column as absent. A missing required column is an
     /// error that names it.

@@ -286,3 +286,47 @@ pub fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Val
         ]
     })
 }
+
+/// A successful model call recorded by gateway `instance`, as the gateway writes one.
+pub fn sample_interaction(instance: &str) -> Interaction {
+    use tollgate_schemas::{
+        Call, ContentRecord, GenAiOperation, ModelCall, Outcome, OutcomeStatus, Principal, Timing, Usage,
+    };
+    Interaction {
+        schema_version: tollgate_schemas::SCHEMA_VERSION,
+        id: uuid::Uuid::now_v7(),
+        time_unix_micros: tollgate_schemas::now_unix_micros(),
+        gateway_instance: instance.to_owned(),
+        principal: Principal {
+            org_id: "acme".into(),
+            team_id: Some("research".into()),
+            user_id: None,
+            project_id: None,
+            key_id: "key_research".into(),
+        },
+        call: Call::ModelCall(ModelCall {
+            operation: GenAiOperation::Chat,
+            provider: Some("openai".into()),
+            upstream: Some("primary".into()),
+            preferred_upstream: Some("primary".into()),
+            request_model: "gpt-4o-mini".into(),
+            routed_model: None,
+            response_model: Some("gpt-4o-mini".into()),
+            endpoint: "/v1/chat/completions".into(),
+            streaming: false,
+            request_max_tokens: None,
+        }),
+        content: ContentRecord { request_bytes: 100, response_bytes: 200, ..ContentRecord::default() },
+        outcome: Outcome {
+            status: OutcomeStatus::Ok,
+            http_status: Some(200),
+            error_type: None,
+            error_message: None,
+            attempts: 1,
+            fallback_used: false,
+        },
+        usage: Usage::default(),
+        timing: Timing { duration_micros: 1000, time_to_first_token_micros: None, gateway_overhead_micros: 100 },
+        trace: None,
+    }
+}

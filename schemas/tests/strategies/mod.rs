@@ -478,10 +478,15 @@ pub fn dead_letter() -> impl Strategy<Value = DeadLetter> {
             Just(DeadLetterReason::UnsupportedSchemaVersion),
             Just(DeadLetterReason::InvalidEvent),
             Just(DeadLetterReason::ProcessingFailed),
+            Just(DeadLetterReason::TooLarge),
         ],
         text(),
+        option::of(0..512usize),
     )
-        .prop_map(|(source, group, key, payload, reason, error)| {
-            DeadLetter::new(source, group, key.as_deref(), &payload, reason, error)
+        .prop_map(|(source, group, key, payload, reason, error, kept)| match (reason, kept) {
+            (DeadLetterReason::TooLarge, Some(kept)) => {
+                DeadLetter::too_large(source, group, key.as_deref(), &payload, error, kept)
+            }
+            _ => DeadLetter::new(source, group, key.as_deref(), &payload, reason, error),
         })
 }
