@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tollgate_eventlog::EventLog;
 use tollgate_schemas::topics::Keyed;
-use tollgate_schemas::{AccessEvent, SCHEMA_VERSION};
+use tollgate_schemas::{AccessEvent, MAX_ACCESS_QUERY_BYTES, SCHEMA_VERSION};
 
 use crate::params::ApiError;
 use crate::server::AppState;
@@ -88,11 +88,24 @@ pub(crate) async fn guard(State(state): State<Arc<AppState>>, mut request: Reque
     };
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
-    let query = request.uri().query().map(tollgate_schemas::cut_access_query);
+    let raw_query = request.uri().query().unwrap_or_default();
+    let too_long = raw_query.len() > MAX_ACCESS_QUERY_BYTES;
+    let query = (!raw_query.is_empty() && !too_long).then(|| normalized_query(raw_query));
     let client_address =
         request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(address)| address.to_string());
     request.extensions_mut().insert(caller.clone());
-    let response = next.run(request).await;
+    let response = if too_long {
+        // Refused before anything is read, so every answered query is recorded whole.
+        ApiError {
+            status: StatusCode::URI_TOO_LONG,
+            code: "query_too_long",
+            message: format!("the query string is longer than {MAX_ACCESS_QUERY_BYTES} bytes"),
+            parameter: None,
+        }
+        .into_response()
+    } else {
+        next.run(request).await
+    };
     let event = AccessEvent {
         schema_version: SCHEMA_VERSION,
         id: uuid::Uuid::now_v7(),
@@ -110,5 +123,25 @@ pub(crate) async fn guard(State(state): State<Arc<AppState>>, mut request: Reque
     match state.access.record(&event).await {
         Ok(()) => response,
         Err(error) => error.into_response(),
+    }
+}
+
+/// The parameters of `query` as handlers read them (decoded, in order), encoded again:
+/// `limit=5&text=se%63ret` and `limit=5&text=secret` are recorded alike.
+fn normalized_query(query: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(url::form_urlencoded::parse(query.as_bytes()))
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_recorded_as_they_are_read() {
+        assert_eq!(normalized_query("limit=5&text=se%63ret"), "limit=5&text=secret");
+        assert_eq!(normalized_query("text=a+b&text=%26%3D"), "text=a+b&text=%26%3D");
+        assert_eq!(normalized_query("from=2026-11-26&group_by=team"), "from=2026-11-26&group_by=team");
     }
 }

@@ -117,15 +117,35 @@ impl Params {
         Ok(TimeRange { from, to })
     }
 
+    /// A whole number, written plainly: digits only, no sign, no leading zeros.
+    pub fn whole_number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        let Some(text) = self.get(name) else { return Ok(None) };
+        let plain = text.bytes().all(|byte| byte.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
+        match text.parse::<u64>() {
+            Ok(number) if plain => Ok(Some(number)),
+            _ => Err(ApiError::bad_parameter(
+                name,
+                format!("`{}` is not a whole number written without sign or leading zeros", cut(text)),
+            )),
+        }
+    }
+
     /// A page size between 1 and `max`, `default` when absent.
     pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
-        let Some(text) = self.get("limit") else { return Ok(default) };
-        let limit: usize =
-            text.parse().map_err(|_| ApiError::bad_parameter("limit", format!("`{text}` is not a whole number")))?;
+        let Some(limit) = self.whole_number("limit")? else { return Ok(default) };
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         if limit == 0 || limit > max {
             return Err(ApiError::bad_parameter("limit", format!("must be between 1 and {max}")));
         }
         Ok(limit)
+    }
+}
+
+/// `text` for an error message: its first 40 characters.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
@@ -291,8 +311,15 @@ mod tests {
         assert_eq!(given.time_range().unwrap_err().parameter.as_deref(), Some("from"));
         let given = params(&[("limit", "1000000")], &allowed).unwrap();
         assert_eq!(given.limit(100, 1000).unwrap_err().parameter.as_deref(), Some("limit"));
-        let given = params(&[("limit", "-1")], &allowed).unwrap();
-        assert!(given.limit(100, 1000).is_err());
+        for padded in ["-1", "+5", "007", "00000000000000000000000000005", " 5", "5e2", ""] {
+            let given = params(&[("limit", padded)], &allowed).unwrap();
+            let limit = given.limit(100, 1000);
+            assert!(limit.is_err() || padded.is_empty(), "`{padded}`: {limit:?}");
+        }
+        assert_eq!(params(&[("limit", "10")], &allowed).unwrap().limit(100, 1000).unwrap(), 10);
+        let long = format!("{}1", "0".repeat(100));
+        let error = params(&[("limit", &long)], &allowed).unwrap().limit(100, 1000).unwrap_err();
+        assert!(error.message.len() < 120, "the error does not echo the whole value: {}", error.message);
         assert_eq!(GroupBy::parse_list("team,model").unwrap(), vec![GroupBy::Team, GroupBy::Model]);
         assert!(GroupBy::parse_list("team; DROP TABLE x").unwrap_err().message.contains("not a grouping"));
         assert!(GroupBy::parse_list("team,team").is_err());

@@ -1245,8 +1245,7 @@ async fn consistency(
     require_auditor(&caller)?;
     let params = Params::new(pairs(query), &names::<ConsistencyParams>())?;
     let number = |name: &str| -> Result<u64, ApiError> {
-        let text = params.required(name)?;
-        text.parse().map_err(|_| ApiError::bad_parameter(name, format!("`{text}` is not a whole number")))
+        params.whole_number(name)?.ok_or_else(|| ApiError::bad_parameter(name, "required"))
     };
     let partition = i32::try_from(number("partition")?)
         .map_err(|_| ApiError::bad_parameter("partition", "not a partition number"))?;

@@ -4,9 +4,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The longest query string an access event keeps; a longer one is cut at a character
-/// boundary and marked with `…`.
+/// The longest query string the query API answers; a longer one is refused (414) and its
+/// access event records no query.
 pub const MAX_ACCESS_QUERY_BYTES: usize = 4_096;
+
+/// The longest `query` an access event holds: the parameters of a query string of
+/// [`MAX_ACCESS_QUERY_BYTES`], decoded and encoded again (each byte as at most three).
+/// Events of earlier versions hold a query cut to [`MAX_ACCESS_QUERY_BYTES`] and `…`.
+const MAX_RECORDED_QUERY_BYTES: usize = 3 * MAX_ACCESS_QUERY_BYTES;
 
 /// One authenticated request to the query API. Published on [`crate::topics::ACCESS`]
 /// before the answer is sent (a request whose event cannot be recorded gets no answer),
@@ -26,7 +31,9 @@ pub struct AccessEvent {
     pub method: String,
     /// The request path, for example `/v1/interactions/0193...`.
     pub path: String,
-    /// The query string as sent (cut to [`MAX_ACCESS_QUERY_BYTES`]).
+    /// The query's parameters as the API read them, in the order sent: decoded, then
+    /// encoded again as `application/x-www-form-urlencoded`, so two spellings of one
+    /// query are recorded alike and every parameter is recorded in full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// The HTTP status of the answer.
@@ -49,32 +56,9 @@ impl AccessEvent {
         if !self.path.starts_with('/') {
             return Err(format!("path: `{}` does not start with `/`", self.path));
         }
-        if self.query.as_ref().is_some_and(|query| query.len() > MAX_ACCESS_QUERY_BYTES + '…'.len_utf8()) {
-            return Err(format!("query: longer than {MAX_ACCESS_QUERY_BYTES} bytes"));
+        if self.query.as_ref().is_some_and(|query| query.len() > MAX_RECORDED_QUERY_BYTES) {
+            return Err(format!("query: longer than {MAX_RECORDED_QUERY_BYTES} bytes"));
         }
         Ok(())
-    }
-}
-
-/// `query` cut to [`MAX_ACCESS_QUERY_BYTES`] at a character boundary, marked with `…` when
-/// cut.
-pub fn cut_access_query(query: &str) -> String {
-    if query.len() <= MAX_ACCESS_QUERY_BYTES {
-        return query.to_owned();
-    }
-    format!("{}…", crate::prefix_within(query, MAX_ACCESS_QUERY_BYTES))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_queries_are_cut_at_a_character_boundary() {
-        let query = "é".repeat(MAX_ACCESS_QUERY_BYTES);
-        let cut = cut_access_query(&query);
-        assert!(cut.ends_with('…'));
-        assert!(cut.len() <= MAX_ACCESS_QUERY_BYTES + '…'.len_utf8());
-        assert_eq!(cut_access_query("from=2026-11-26"), "from=2026-11-26");
     }
 }

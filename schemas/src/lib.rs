@@ -41,7 +41,7 @@ mod quota;
 pub mod topics;
 mod violation;
 
-pub use access::{AccessEvent, MAX_ACCESS_QUERY_BYTES, cut_access_query};
+pub use access::{AccessEvent, MAX_ACCESS_QUERY_BYTES};
 pub use budget::{BudgetSpec, SpendEntry, SubjectChange, SubjectUpdate};
 pub use codec::{DecodeError, EncodeError, Event, decode, encode};
 pub use common::{Nanodollars, Principal, SourceOffset, Subject, SubjectKind, derived_id, now_unix_micros};

@@ -436,7 +436,7 @@ pub fn access_event() -> impl Strategy<Value = AccessEvent> {
                 role: role.to_owned(),
                 method: "GET".to_owned(),
                 path: format!("/v1/{path}"),
-                query: query.map(|query| tollgate_schemas::cut_access_query(&query)),
+                query,
                 status,
                 results,
                 duration_micros: duration,
