@@ -34,7 +34,7 @@ use crate::draft::{Draft, Ending, trace_context};
 use crate::error::{ApiError, Dialect, ErrorClass};
 use crate::metrics::{AttemptLabels, RequestLabels, RouteLabels};
 use crate::policy::{PiiMode, guard_prompt};
-use crate::request::{named_model, parse_chat_completion, parse_embeddings, parse_messages};
+use crate::request::{ChatCompletionRequest, named_model, parse_chat_completion, parse_embeddings, parse_messages};
 use crate::stream::MeteredStream;
 use crate::upstream::{Routes, UpstreamClient, is_passed_back};
 use crate::usage;
@@ -82,22 +82,39 @@ impl Endpoint {
     }
 
     fn parse(self, bytes: &Bytes) -> Result<Parsed, ApiError> {
-        let (body, model, stream, max_tokens, client_requested_usage) = match self {
+        let (body, model, stream, max_tokens, client_requested_usage, choices) = match self {
             Endpoint::ChatCompletions => {
                 let request = parse_chat_completion(bytes)?;
-                (request.body, request.model, request.stream, request.max_tokens, request.client_requested_usage)
+                let ChatCompletionRequest { body, model, stream, max_tokens, client_requested_usage, choices } =
+                    request;
+                (body, model, stream, max_tokens, client_requested_usage, choices)
             }
             Endpoint::Embeddings => {
                 let request = parse_embeddings(bytes)?;
-                (request.body, request.model, false, None, false)
+                (request.body, request.model, false, None, false, 1)
             }
             Endpoint::Messages => {
                 let request = parse_messages(bytes)?;
                 // Anthropic streams always carry usage.
-                (request.body, request.model, request.stream, Some(request.max_tokens), true)
+                (request.body, request.model, request.stream, Some(request.max_tokens), true, 1)
             }
         };
-        Ok(Parsed { original: bytes.clone(), changed: false, body, model, stream, max_tokens, client_requested_usage })
+        Ok(Parsed {
+            original: bytes.clone(),
+            changed: false,
+            body,
+            model,
+            stream,
+            max_tokens,
+            imposed_max_tokens: None,
+            client_requested_usage,
+            choices,
+        })
+    }
+
+    /// Whether a request on this endpoint generates output that `max_tokens` limits.
+    fn generates(self) -> bool {
+        self != Endpoint::Embeddings
     }
 }
 
@@ -111,8 +128,15 @@ struct Parsed {
     body: Map<String, Value>,
     model: String,
     stream: bool,
+    /// The output limit per choice: the client's, or the key's cap when the client set
+    /// none.
     max_tokens: Option<u64>,
+    /// Set when the gateway put the key's cap in place of a limit the client did not set;
+    /// written into each upstream's body under the name its provider reads.
+    imposed_max_tokens: Option<u64>,
     client_requested_usage: bool,
+    /// Choices generated (`n`), each up to `max_tokens`.
+    choices: u64,
 }
 
 /// Serves one request on `endpoint`.
@@ -220,6 +244,14 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
             .with_code("max_tokens_above_limit");
         return refuse(draft, dialect, error, OutcomeStatus::BlockedByPolicy);
     }
+    // A request that sets no output limit is held to the key's cap all the same.
+    if let (Some(cap), None) = (key.max_tokens_cap, parsed.max_tokens)
+        && endpoint.generates()
+    {
+        parsed.max_tokens = Some(cap);
+        parsed.imposed_max_tokens = Some(cap);
+        parsed.changed = true;
+    }
     let routes = state.routes.load();
     let targets: Vec<Target> = routes
         .models
@@ -270,7 +302,8 @@ pub async fn handle(state: Arc<GatewayState>, endpoint: Endpoint, request: Reque
         let prompt_tokens = std::cell::OnceCell::new();
         let count_prompt = || *prompt_tokens.get_or_init(|| usage::count_tokens(&usage::prompt_text(&parsed.body)));
         if let Some(limits) = &key.rate_limits {
-            let tokens = || count_prompt().saturating_add(parsed.max_tokens.unwrap_or(0));
+            let tokens =
+                || count_prompt().saturating_add(parsed.max_tokens.unwrap_or(0).saturating_mul(parsed.choices));
             if let Err(over) = limits.check(tokens) {
                 let mut error = ApiError::new(ErrorClass::RateLimited, over.message).with_code("rate_limit_exceeded");
                 if over.retry_after.is_none() {
@@ -326,8 +359,8 @@ fn worst_case_cost(
         .filter_map(|target| {
             let upstream = routes.upstreams.get(&target.upstream)?;
             let price = catalog.model(&upstream.config.provider, &target.model)?;
-            let output = parsed.max_tokens.or(price.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
-            Some(price.worst_case(input_tokens, output))
+            let per_choice = parsed.max_tokens.or(price.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+            Some(price.worst_case(input_tokens, per_choice.saturating_mul(parsed.choices)))
         })
         .max()
         .unwrap_or_default()
@@ -433,7 +466,8 @@ async fn forward(
             // Nothing to change: the client's bytes go upstream untouched.
             parsed.original.clone()
         } else {
-            upstream_body(&parsed.body, &target.model, inject_usage)
+            let limit = parsed.imposed_max_tokens.map(|cap| (output_limit_field(&upstream.config.provider), cap));
+            upstream_body(&parsed.body, &target.model, inject_usage, limit)
         };
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(routing.backoff_initial)
@@ -612,11 +646,30 @@ pub(crate) fn health_event(
     }
 }
 
-/// The body sent to one target: the client's, with the routed model name and, when the
-/// gateway needs usage the client did not ask for, `stream_options.include_usage`.
-fn upstream_body(client_body: &Map<String, Value>, model: &str, inject_usage: bool) -> Bytes {
+/// The field an OpenAI-compatible upstream of `provider` reads the output limit from:
+/// OpenAI's own API refuses `max_tokens` for its reasoning models, while self-hosted
+/// servers read `max_tokens`, which some know alone.
+fn output_limit_field(provider: &str) -> &'static str {
+    match provider {
+        "openai" | "azure" | "azure.ai.openai" => "max_completion_tokens",
+        _ => "max_tokens",
+    }
+}
+
+/// The body sent to one target: the client's, with the routed model name, the output
+/// `limit` (field, tokens) the gateway imposes, and, when the gateway needs usage the
+/// client did not ask for, `stream_options.include_usage`.
+fn upstream_body(
+    client_body: &Map<String, Value>,
+    model: &str,
+    inject_usage: bool,
+    limit: Option<(&str, u64)>,
+) -> Bytes {
     let mut body = client_body.clone();
     body.insert("model".to_owned(), Value::String(model.to_owned()));
+    if let Some((field, tokens)) = limit {
+        body.insert(field.to_owned(), Value::from(tokens));
+    }
     if inject_usage {
         let options = body.entry("stream_options").or_insert_with(|| json!({}));
         if let Value::Object(options) = options {
@@ -803,12 +856,18 @@ mod tests {
     fn the_upstream_body_gets_the_routed_model_and_usage_when_needed() {
         let client = json!({"model": "public", "stream": true, "stream_options": {"x": 1}, "tools": [1]});
         let Value::Object(client) = client else { unreachable!() };
-        let body: Value = serde_json::from_slice(&upstream_body(&client, "routed", true)).unwrap();
+        let body: Value = serde_json::from_slice(&upstream_body(&client, "routed", true, None)).unwrap();
         assert_eq!(body["model"], "routed");
         assert_eq!(body["stream_options"], json!({"x": 1, "include_usage": true}));
         assert_eq!(body["tools"], json!([1]));
-        let untouched: Value = serde_json::from_slice(&upstream_body(&client, "routed", false)).unwrap();
+        let untouched: Value = serde_json::from_slice(&upstream_body(&client, "routed", false, None)).unwrap();
         assert_eq!(untouched["stream_options"], json!({"x": 1}));
+        assert!(untouched.get("max_tokens").is_none() && untouched.get("max_completion_tokens").is_none());
+        let capped = upstream_body(&client, "routed", false, Some((output_limit_field("openai"), 512)));
+        let capped: Value = serde_json::from_slice(&capped).unwrap();
+        assert_eq!(capped["max_completion_tokens"], 512);
+        let capped = upstream_body(&client, "routed", false, Some((output_limit_field("vllm"), 512)));
+        assert_eq!(serde_json::from_slice::<Value>(&capped).unwrap()["max_tokens"], 512);
     }
 
     #[test]

@@ -23,7 +23,12 @@ pub struct ChatCompletionRequest {
     pub max_tokens: Option<u64>,
     /// Whether the client itself asked for a usage chunk (`stream_options.include_usage`).
     pub client_requested_usage: bool,
+    /// `n`: how many choices to generate, each up to `max_tokens`. 1 when absent.
+    pub choices: u64,
 }
+
+/// The most choices (`n`) one chat completion may ask for, as OpenAI allows.
+pub const MAX_CHOICES: u64 = 128;
 
 /// An OpenAI-compatible `POST /v1/embeddings` body.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +69,12 @@ pub fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiE
     if client_requested_usage && !stream {
         return Err(ApiError::invalid("stream_options", "stream_options is only allowed when stream is true"));
     }
-    Ok(ChatCompletionRequest { body, model, stream, max_tokens, client_requested_usage })
+    let choices = match optional_count(&body, "n")? {
+        None => 1,
+        Some(n @ 1..=MAX_CHOICES) => n,
+        Some(n) => return Err(ApiError::invalid("n", format!("'n' is {n}; it must be between 1 and {MAX_CHOICES}."))),
+    };
+    Ok(ChatCompletionRequest { body, model, stream, max_tokens, client_requested_usage, choices })
 }
 
 /// Parses an embeddings body.
@@ -267,6 +277,9 @@ mod tests {
             (json!({"model": "m", "messages": [{"role": "user"}], "stream": "yes"}), "stream"),
             (json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": -1}), "max_tokens"),
             (json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": 1.5}), "max_tokens"),
+            (json!({"model": "m", "messages": [{"role": "user"}], "n": 0}), "n"),
+            (json!({"model": "m", "messages": [{"role": "user"}], "n": 129}), "n"),
+            (json!({"model": "m", "messages": [{"role": "user"}], "n": "2"}), "n"),
             (
                 json!({"model": "m", "messages": [{"role": "user"}], "stream_options": {"include_usage": true}}),
                 "stream_options",

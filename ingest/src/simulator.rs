@@ -50,6 +50,8 @@ pub struct SimulatorControl {
     requests: AtomicU64,
     /// Headers of the last chat completion request, for tests of what the gateway sends.
     last_headers: std::sync::Mutex<axum::http::HeaderMap>,
+    /// Body of the last chat completion request, likewise.
+    last_body: std::sync::Mutex<Bytes>,
     /// Behave like a real provider: replies of varied length, a time to first token and a
     /// pace per chunk that vary, and now and then a 429 or 503.
     realistic: AtomicBool,
@@ -95,6 +97,11 @@ impl SimulatorControl {
     /// The headers of the last chat completion request received.
     pub fn last_headers(&self) -> axum::http::HeaderMap {
         self.last_headers.lock().map(|headers| headers.clone()).unwrap_or_default()
+    }
+
+    /// The body of the last chat completion request received.
+    pub fn last_body(&self) -> Bytes {
+        self.last_body.lock().map(|body| body.clone()).unwrap_or_default()
     }
 
     fn delay(&self) -> Duration {
@@ -304,6 +311,9 @@ async fn chat_completions(
 ) -> Response {
     if let Ok(mut last) = control.last_headers.lock() {
         *last = headers;
+    }
+    if let Ok(mut last) = control.last_body.lock() {
+        *last = body.clone();
     }
     let request = match admit(&control, Dialect::OpenAi, &body, parse_chat_completion).await {
         Ok(request) => request,

@@ -194,3 +194,52 @@ async fn parallel_requests_cannot_overshoot_more_than_the_in_flight_reservations
     );
     assert_eq!(events.iter().filter(|event| event.outcome.status == OutcomeStatus::BlockedByBudget).count(), refused);
 }
+
+/// `n` choices may each produce `max_tokens`: a call for three reserves three times the
+/// output while it runs, so a second call finds the budget taken where after a one-choice
+/// call it would still fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_choice_is_reserved_at_its_output_limit() {
+    let secret = "tg-choices";
+    let gateway = TestGateway::start_with(&team_key("choices", secret), None, None).await;
+    gateway.primary.set_delay(Duration::from_millis(700));
+    let price = *PriceCatalog::shipped().unwrap().model("openai", "gpt-4o-mini").unwrap();
+    let prompt = "Hi there, how are you?";
+    let prompt_tokens = tollgate_ingest::usage::count_tokens(prompt);
+    let worst_case = |output: u64| price.worst_case(prompt_tokens, output).0;
+    // Room for two one-choice calls of 1,000 output tokens, less than one of three.
+    let remaining = 2 * worst_case(1_000);
+    assert!(worst_case(3_000) > remaining, "the catalog prices output above input");
+    let budget = 1_000_000_000;
+    let subject = Subject::new(SubjectKind::Key, "key_choices");
+    publish(gateway.log.as_ref(), &decision(subject.clone(), QuotaState::Allow, true, budget, budget - remaining, 1))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.state.quota.decision(&subject).is_none() {
+        assert!(Instant::now() < deadline, "the decision never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ask = |n: u64| json!({"model": "gpt-4o-mini", "max_tokens": 1_000, "n": n, "messages": [{"role": "user", "content": prompt}]});
+    let url = gateway.url("/v1/chat/completions");
+    // Whether a one-choice call is admitted while a call of `n` choices runs.
+    let second_call_while = |n: u64| {
+        let (url, primary) = (url.clone(), Arc::clone(&gateway.primary));
+        async move {
+            let before = primary.requests();
+            let first = tokio::spawn({
+                let (url, body) = (url.clone(), ask(n));
+                async move { http().post(url).bearer_auth(secret).json(&body).send().await.unwrap().status() }
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while primary.requests() == before {
+                assert!(Instant::now() < deadline, "the first call never reached the upstream");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let second = http().post(&url).bearer_auth(secret).json(&ask(1)).send().await.unwrap().status();
+            assert_eq!(first.await.unwrap(), 200);
+            second.as_u16()
+        }
+    };
+    assert_eq!(second_call_while(1).await, 200, "one choice in flight leaves room");
+    assert_eq!(second_call_while(3).await, 429, "three choices in flight take it");
+}

@@ -116,3 +116,38 @@ async fn rate_limits_refuse_with_a_retry_time_and_oversized_requests_with_a_400(
     let events = gateway.interactions(5).await;
     assert_eq!(events.iter().filter(|event| event.outcome.status == OutcomeStatus::RateLimited).count(), 3);
 }
+
+/// A request that sets no output limit is held to the key's cap: the upstream is sent the
+/// cap under the name its provider reads. And `n` choices weigh `n` times their limit in
+/// the token rate limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_cap_applies_without_max_tokens_and_n_weighs_in_the_token_limit() {
+    let gateway = TestGateway::start_with(&extra(), None, None).await;
+    // `key_research` caps output at 2048 tokens; `gpt-4o` goes to OpenAI, then vLLM.
+    let (status, _, body) = chat(&gateway, support::TEAM_KEY, ask("gpt-4o", "no limit set")).await;
+    assert_eq!(status, 200, "{body}");
+    let sent: Value = serde_json::from_slice(&gateway.primary.last_body()).unwrap();
+    assert_eq!(sent["max_completion_tokens"], 2048, "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+    gateway.primary.fail_with(Some(reqwest::StatusCode::INTERNAL_SERVER_ERROR));
+    let (status, _, body) = chat(&gateway, support::TEAM_KEY, ask("gpt-4o", "no limit, fallback")).await;
+    assert_eq!(status, 200, "{body}");
+    let sent: Value = serde_json::from_slice(&gateway.backup.last_body()).unwrap();
+    assert_eq!(sent["max_tokens"], 2048, "a self-hosted server reads max_tokens: {sent}");
+    gateway.primary.fail_with(None);
+    // A limit the client set goes up as it was.
+    let mut own = ask("gpt-4o", "own limit");
+    own["max_tokens"] = json!(100);
+    assert_eq!(chat(&gateway, support::TEAM_KEY, own).await.0, 200);
+    let sent: Value = serde_json::from_slice(&gateway.primary.last_body()).unwrap();
+    assert_eq!((sent["max_tokens"].as_u64(), sent.get("max_completion_tokens")), (Some(100), None), "{sent}");
+
+    // 5,000 tokens a minute: two choices of 2,000 fit, three never do.
+    let choices = |n: u64| json!({"model": "gpt-4o-mini", "max_tokens": 2000, "n": n, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, body) = chat(&gateway, "tg-limited", choices(3)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(body["error"]["message"].as_str().unwrap().contains("needs 6"), "{body}");
+    let (status, _, body) = chat(&gateway, "tg-limited", choices(2)).await;
+    assert_eq!(status, 200, "{body}");
+}
